@@ -1,0 +1,5 @@
+import sys
+
+from lensperf.cli import main
+
+sys.exit(main())

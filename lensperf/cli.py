@@ -1,0 +1,237 @@
+"""The `lensperf` command line.
+
+Every command explains itself with --help, shows a progress bar on long work (on a terminal),
+and fails on bad input with one line on stderr and exit status 2, leaving nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lensperf.errors import ConfigError, LensperfError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config(value: str, section: str) -> Path:
+    """A config path, or a preset name such as `model_ii` looked up in configs/<section>/."""
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    preset = CONFIG_DIR / section / f"{value}.yaml"
+    if not preset.exists():
+        known = sorted(p.stem for p in (CONFIG_DIR / section).glob("*.yaml"))
+        raise ConfigError("", f"no config file or preset {value!r} (presets: {', '.join(known)})")
+    return preset
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+# ---------------------------------------------------------------- data commands
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from lensperf.config import load_config
+    from lensperf.simulate.config import SimulationConfig
+    from lensperf.simulate.runner import default_workers, simulate_classification
+
+    overrides = list(args.overrides)
+    if args.n_per_class is not None:
+        overrides.append(f"n_per_class={args.n_per_class}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    config = load_config(SimulationConfig, resolve_config(args.config, "data"), overrides)
+    out = simulate_classification(
+        config, args.out, workers=args.workers or default_workers(), overwrite=args.overwrite
+    )
+    print(f"wrote {out}: {3 * config.n_per_class} images ({config.name}, seed {config.seed})")
+
+
+def cmd_simulate_sr(args: argparse.Namespace) -> None:
+    from lensperf.config import load_config
+    from lensperf.simulate.config import SRSimulationConfig
+    from lensperf.simulate.runner import default_workers, simulate_sr
+
+    overrides = list(args.overrides)
+    if args.n is not None:
+        overrides.append(f"n={args.n}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    config = load_config(SRSimulationConfig, resolve_config(args.config, "data"), overrides)
+    out = simulate_sr(
+        config, args.out, workers=args.workers or default_workers(), overwrite=args.overwrite
+    )
+    print(f"wrote {out}: {config.n} LR/HR pairs ({config.name}, seed {config.seed})")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from lensperf.importer import import_tree
+
+    report = import_tree(
+        args.src,
+        args.out,
+        kind=args.kind,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        skip_bad=args.skip_bad,
+        normalise=args.normalise,
+        overwrite=args.overwrite,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+    print(f"wrote {report.out}: {report.kind} store ({counts})")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} bad file(s), first: {report.skipped[0]}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from lensperf.inspect_store import format_summary, sample_grid_png, summarize
+
+    summary = summarize(args.store)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if args.png:
+        print(f"wrote {sample_grid_png(args.store, args.png)}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from lensperf.demo import run_demo
+
+    run_demo(Path(args.out), workers=args.workers)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_common_sim_args(p: argparse.ArgumentParser, default_config: str) -> None:
+    p.add_argument(
+        "--config",
+        default=default_config,
+        help=f"YAML file, or a preset name in configs/data/ (default: {default_config})",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output store, DIR.zarr")
+    p.add_argument(
+        "--workers", type=_positive_int, help="processes (default: all cores); output is identical"
+    )
+    p.add_argument("--seed", type=_non_negative_int, help="overrides the config's seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lensperf",
+        description="Fast training stack for a strong-lensing foundation model "
+        "(MAE on DeepLense-style data).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="simulate, import and inspect datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    p = data_commands.add_parser(
+        "simulate",
+        help="simulate a DeepLense-like classification set (no_sub / cdm / axion)",
+        description="Simulate lens images with lenstronomy into a classification store: "
+        "n-per-class images of each class, split 90/10 into train/val (seeded). Each image "
+        "depends only on (seed, class, index), so --workers never changes the output.",
+    )
+    _add_common_sim_args(p, "model_ii")
+    p.add_argument("--n-per-class", type=_positive_int, help="images per class")
+    p.set_defaults(func=cmd_simulate)
+
+    p = data_commands.add_parser(
+        "simulate-sr",
+        help="simulate super-resolution pairs (LR, HR) of no_sub lenses",
+        description="Render each no_sub lens at the preset's HR grid and at half the pixels "
+        "with twice the pixel scale (LR), into a super-resolution store.",
+    )
+    _add_common_sim_args(p, "sr")
+    p.add_argument("--n", type=_positive_int, help="number of pairs")
+    p.set_defaults(func=cmd_simulate_sr)
+
+    p = data_commands.add_parser(
+        "import",
+        help="import DeepLense .npy folders into a store",
+        description="Import a DeepLense tree: one folder per class (no_sub|nosub|no, "
+        "cdm|sphere, axion|vort) or HR/ and LR/ folders of paired files. Reads plain, "
+        "(1, H, W), flat (with or without an appended label) and [image, mass] object "
+        "arrays. Object arrays need pickle: import only files you trust.",
+    )
+    p.add_argument("src", type=Path, help="the DeepLense folder")
+    p.add_argument("--out", required=True, type=Path, help="output store, DIR.zarr")
+    p.add_argument("--kind", choices=["classification", "sr"], help="default: detected")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="default: 0.1")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="split seed (default: 0)")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable or ill-shaped files, and count them"
+    )
+    p.add_argument(
+        "--normalise", action="store_true", help="min-max normalise each image to [0, 1]"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.set_defaults(func=cmd_import)
+
+    p = data_commands.add_parser(
+        "inspect",
+        help="counts, pixel statistics and a sample grid of a store",
+        description="Print counts per split and class, pixel statistics and the axion-mass "
+        "range of a store; optionally write a PNG grid of samples per class.",
+    )
+    p.add_argument("store", type=Path, help="a store, DIR.zarr")
+    p.add_argument("--png", type=Path, help="write a grid of samples to this PNG")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = commands.add_parser(
+        "demo",
+        help="the pipeline on a small simulated set, CPU-sized (minutes)",
+        description="Simulate a small Model II classification set and a small SR set, "
+        "inspect both and write sample grids and a summary to --out. (Training and "
+        "evaluation join the demo as they land.)",
+    )
+    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--workers", type=_positive_int, help="processes (default: all cores)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM takes the same clean-up path as Ctrl-C: temporary outputs are removed.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        args.func(args)
+    except LensperfError as error:
+        print(f"lensperf: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lensperf: interrupted; partial outputs were removed", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""`lensperf data inspect`: what a store holds, its pixel statistics and a PNG of samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from lensperf.store import CLASSIFICATION, SPLITS, open_store, read_rows, split_length
+
+STATS_SAMPLE = 4096  # images per split for pixel statistics: enough for 3 digits, fast on 89k
+
+
+def summarize(path: str | Path) -> dict:
+    """Counts per split (and class), pixel statistics and the axion-mass range of a store."""
+    group = open_store(path)
+    attrs = group.attrs.asdict()
+    summary = {
+        "path": str(path),
+        "kind": attrs["kind"],
+        "source": attrs.get("source"),
+        "seed": attrs.get("seed"),
+        "splits": {},
+    }
+    for split in SPLITS:
+        n = split_length(group, split)
+        entry: dict = {"count": n}
+        if attrs["kind"] == CLASSIFICATION:
+            labels = read_rows(group[f"{split}/labels"], slice(None))
+            entry["per_class"] = {
+                name: int((labels == i).sum()) for i, name in enumerate(attrs["classes"])
+            }
+            masses = read_rows(group[f"{split}/axion_mass"], slice(None))
+            masses = masses[np.isfinite(masses)]
+            if masses.size:
+                entry["axion_mass_eV"] = [float(masses.min()), float(masses.max())]
+            entry["pixels"] = _pixel_stats(group[f"{split}/images"], n)
+        else:
+            entry["pixels_lr"] = _pixel_stats(group[f"{split}/lr"], n)
+            entry["pixels_hr"] = _pixel_stats(group[f"{split}/hr"], n)
+        summary["splits"][split] = entry
+    return summary
+
+
+def _pixel_stats(array: zarr.Array, n: int) -> dict:
+    if n == 0:
+        return {}
+    # A prefix, not a random sample: the store is already shuffled, and a prefix reads whole
+    # chunks.
+    x = read_rows(array, slice(0, min(n, STATS_SAMPLE))).astype(np.float64)
+    return {
+        "shape": list(array.shape[1:]),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "frac_above_half": float((x > 0.5).mean()),
+        "mean_image_sum": float(x.sum(axis=(1, 2, 3)).mean()),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['path']}: {summary['kind']} store, {summary['source']}"]
+    for split, entry in summary["splits"].items():
+        head = f"  {split}: {entry['count']} samples"
+        if "per_class" in entry:
+            head += " (" + ", ".join(f"{k} {v}" for k, v in entry["per_class"].items()) + ")"
+        lines.append(head)
+        for key in ("pixels", "pixels_lr", "pixels_hr"):
+            p = entry.get(key)
+            if p:
+                lines.append(
+                    f"    {key}: shape {tuple(p['shape'])}, min {p['min']:.3g}, max {p['max']:.3g},"
+                    f" mean {p['mean']:.4f}, std {p['std']:.4f}, >0.5 {p['frac_above_half']:.2%},"
+                    f" sum/image {p['mean_image_sum']:.1f}"
+                )
+        if "axion_mass_eV" in entry:
+            lo, hi = entry["axion_mass_eV"]
+            lines.append(f"    axion mass: {lo:.3g} .. {hi:.3g} eV")
+    return "\n".join(lines)
+
+
+def sample_grid_png(path: str | Path, png: str | Path, per_row: int = 6) -> Path:
+    """A grid of training samples: one row per class, or LR/HR row pairs for SR stores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    group = open_store(path)
+    attrs = group.attrs.asdict()
+    rows: list[tuple[str, np.ndarray]] = []
+    if attrs["kind"] == CLASSIFICATION:
+        labels = read_rows(group["train/labels"], slice(None))
+        for i, name in enumerate(attrs["classes"]):
+            idx = np.flatnonzero(labels == i)[:per_row]
+            rows.append((name, read_rows(group["train/images"], idx)[:, 0]))
+    else:
+        n = min(per_row, split_length(group, "train"))
+        rows.append(("LR", read_rows(group["train/lr"], slice(0, n))[:, 0]))
+        rows.append(("HR", read_rows(group["train/hr"], slice(0, n))[:, 0]))
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.6 * per_row, 1.7 * len(rows)))
+    axes = np.atleast_2d(axes)
+    for (name, images), row in zip(rows, axes):
+        for j, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(images):
+                ax.imshow(images[j], cmap="inferno", vmin=0, vmax=1)
+        row[0].set_ylabel(name)
+    fig.suptitle(f"{Path(path).name}: {attrs.get('source')}", fontsize=9)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png)
+    return png
