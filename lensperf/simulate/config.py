@@ -123,6 +123,9 @@ class VortexConfig:
     half_length_at_1e_22: float = 0.03
     axion_mass_min: float = 1e-24
     axion_mass_max: float = 1e-22
+    # Calibrated: the real axion rings sit at the no_sub radius, so the vortex's mass is taken
+    # out of the main halo (same mass inside the ring) rather than added to it.
+    mass_from_main_halo: bool = True
 
     def __post_init__(self):
         require(self.count >= 1, "count", "must be at least 1")

@@ -17,6 +17,7 @@ from lenstronomy.Cosmo.lens_cosmo import LensCosmo
 from lenstronomy.SimulationAPI.observation_api import SingleBand
 from lenstronomy.SimulationAPI.sim_api import SimAPI
 
+from lensperf.errors import ConfigError
 from lensperf.simulate.config import (
     InstrumentConfig,
     LensConfig,
@@ -35,6 +36,7 @@ class Scene:
     point_masses: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     exposure_time: float | None = None  # None: the instrument's own
     axion_mass: float = math.nan  # eV, only for axion images
+    main_theta_e: float | None = None  # None: the preset's Einstein radius
 
 
 class SceneSampler:
@@ -49,6 +51,7 @@ class SceneSampler:
         cdm: SubhaloConfig | None = None,
         axion: VortexConfig | None = None,
     ):
+        self.lens = lens
         self.source = source
         self.instrument = instrument
         self.cdm = cdm or SubhaloConfig()
@@ -57,6 +60,12 @@ class SceneSampler:
         lens_cosmo = LensCosmo(lens.z_lens, lens.z_source, cosmo=cosmo)
         # Point mass: M = pi * Sigma_crit * theta_E^2, so theta_E scales as sqrt(M / M(1")).
         self._mass_in_one_arcsec = float(lens_cosmo.mass_in_theta_E(1.0))
+        vortex = self.point_mass_theta_e(np.array([self.axion.total_mass]))[0]
+        if self.axion.mass_from_main_halo and vortex >= lens.einstein_radius:
+            raise ConfigError(
+                "axion.total_mass", "exceeds the main halo's mass inside its Einstein radius"
+            )
+        self._main_theta_e_with_vortex = float(np.sqrt(max(lens.einstein_radius**2 - vortex**2, 0)))
 
     def point_mass_theta_e(self, mass: np.ndarray) -> np.ndarray:
         return np.sqrt(np.asarray(mass, dtype=np.float64) / self._mass_in_one_arcsec)
@@ -72,6 +81,10 @@ class SceneSampler:
             scene.point_masses = self._subhalos(rng)
         elif class_name == "axion":
             scene.point_masses, scene.axion_mass = self._vortex(rng)
+            if self.axion.mass_from_main_halo:
+                # Any circular lens holds pi * Sigma_crit * theta_E^2 inside theta_E, so moving
+                # the vortex mass out of the halo keeps the enclosed mass (and the ring) fixed.
+                scene.main_theta_e = self._main_theta_e_with_vortex
         elif class_name != "no_sub":
             raise ValueError(f"unknown class {class_name!r}")
         return scene
@@ -159,8 +172,9 @@ class Renderer:
     def render(self, scene: Scene) -> np.ndarray:
         """Noise-free image in electrons per second per pixel, float64 (num_pix, num_pix)."""
         lens = self.lens
+        theta_e = lens.einstein_radius if scene.main_theta_e is None else scene.main_theta_e
         kwargs_lens = [
-            dict(theta_E=lens.einstein_radius, e1=lens.e1, e2=lens.e2, center_x=0.0, center_y=0.0),
+            dict(theta_E=theta_e, e1=lens.e1, e2=lens.e2, center_x=0.0, center_y=0.0),
             dict(gamma1=lens.shear_gamma1, gamma2=lens.shear_gamma2, ra_0=0.0, dec_0=0.0),
         ]
         kwargs_lens += [

@@ -1,0 +1,67 @@
+"""The Model II preset must keep producing images that look like the real DeepLense samples."""
+
+import numpy as np
+import pytest
+
+from lensperf.simulate.calibration import mean_statistics, ring_statistics
+from lensperf.simulate.render import Renderer, SceneSampler, image_rng
+
+# Real samples: ring radius 10.2 px, width 5.7 px, 3.3% pixels above 0.5, sum 223.
+TOLERANCES = {
+    "ring_radius": ("abs", 1.0),  # px; the nominal 1.25" Einstein radius lands ~2 px out
+    "ring_width": ("abs", 1.0),  # px; the nominal 0.16" PSF gives rings ~2 px wider (arcs)
+    "frac_bright": ("rel", 0.35),
+    "image_sum": ("rel", 0.2),
+}
+N_IMAGES = 48
+
+
+def simulated_statistics(config, class_name: str) -> dict[str, float]:
+    sampler = SceneSampler(config.lens, config.source, config.instrument, config.cdm, config.axion)
+    renderer = Renderer(config.lens, config.source, config.instrument)
+    images = []
+    for i in range(N_IMAGES):
+        rng = image_rng(config.seed, 0, i)
+        images.append(renderer.observe(sampler.draw(class_name, rng), rng))
+    return mean_statistics(images)
+
+
+def misfits(simulated: dict, real: dict) -> list[str]:
+    bad = []
+    for key, (kind, tol) in TOLERANCES.items():
+        err = abs(simulated[key] - real[key])
+        if kind == "rel":
+            err /= abs(real[key])
+        if err > tol:
+            bad.append(f"{key}: simulated {simulated[key]:.4g} vs real {real[key]:.4g}")
+    return bad
+
+
+def test_real_samples_statistics(real_samples):
+    stats = mean_statistics(real_samples.values())
+    assert stats["ring_radius"] == pytest.approx(10.2, abs=0.5)
+    assert stats["frac_bright"] == pytest.approx(0.033, abs=0.002)
+    assert stats["image_sum"] == pytest.approx(223, rel=0.02)
+
+
+@pytest.mark.parametrize("class_name", ["no_sub", "cdm", "axion"])
+def test_model_ii_preset_matches_real_samples(model_ii_config, real_samples, class_name):
+    real = mean_statistics(real_samples.values())
+    assert misfits(simulated_statistics(model_ii_config(), class_name), real) == []
+
+
+@pytest.mark.parametrize(
+    "drift", ["lens.einstein_radius=1.25", "instrument.seeing=0.45", "source.r_sersic=0.5"]
+)
+def test_drifted_preset_fails_the_calibration(model_ii_config, real_samples, drift):
+    real = mean_statistics(real_samples.values())
+    assert misfits(simulated_statistics(model_ii_config(drift), "no_sub"), real) != []
+
+
+def test_ring_statistics_of_a_synthetic_ring():
+    y, x = np.indices((64, 64))
+    r = np.hypot(y - 31.5, x - 31.5)
+    ring = np.exp(-0.5 * ((r - 12.3) / 1.5) ** 2)
+    stats = ring_statistics(ring)
+    assert stats["ring_radius"] == pytest.approx(12.5, abs=0.01)  # bin [12, 13)
+    assert stats["ring_width"] == pytest.approx(2.355 * 1.5, abs=0.4)  # FWHM of the Gaussian
