@@ -1,14 +1,22 @@
-.PHONY: install test test-slow lint format bench demo
+# Everyday targets. `make demo` and `make test` install first (once: .installed stamps it).
+PY ?= python3
+.PHONY: install demo test test-slow lint format bench bench-data
 
-install:
-	python3 -m pip install torch==2.13.0
-	python3 -m pip install -e ".[dev]"
+.installed: pyproject.toml
+	$(PY) -m pip install -q torch==2.13.0  # the CPU build; unpinned torch pulls 5.5 GB of CUDA
+	$(PY) -m pip install -q -e ".[dev]"
+	touch .installed
 
-test:
-	python3 -m pytest -q
+install: .installed
 
-test-slow:
-	python3 -m pytest -q -m slow
+demo: .installed
+	lensperf demo --out demo_out
+
+test: .installed
+	$(PY) -m pytest -q
+
+test-slow: .installed
+	$(PY) -m pytest -q -m slow
 
 lint:
 	ruff check . && ruff format --check .
@@ -16,8 +24,9 @@ lint:
 format:
 	ruff format . && ruff check --fix .
 
-bench:
-	python3 -m pytest benchmarks --benchmark-only -q
+bench: .installed
+	$(PY) -m pytest benchmarks --benchmark-only -q
 
-demo:
-	lensperf demo --out demo_out
+# The data benchmarks at full DeepLense size (about 20 minutes on 2 cores).
+bench-data: .installed
+	$(PY) benchmarks/full_size_data.py

@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="default: 0.1")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="split seed (default: 0)")
     p.add_argument(
-        "--skip-bad", action="store_true", help="skip unreadable or ill-shaped files, and count them"
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable or ill-shaped files, and count them",
     )
     p.add_argument(
         "--normalise", action="store_true", help="min-max normalise each image to [0, 1]"

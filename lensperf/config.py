@@ -99,7 +99,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise ConfigError(
             _join(prefix, str(unknown[0])), f"unknown key (known: {', '.join(sorted(fields))})"
         )
-    kwargs = {name: _coerce(value, hints[name], _join(prefix, name)) for name, value in data.items()}
+    kwargs = {
+        name: _coerce(value, hints[name], _join(prefix, name)) for name, value in data.items()
+    }
     missing = [
         name
         for name, f in fields.items()

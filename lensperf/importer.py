@@ -112,9 +112,7 @@ def read_image(path: Path, *, normalise: bool = False) -> tuple[np.ndarray, floa
         image = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
     lo, hi = float(image.min()), float(image.max())
     if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        raise BadFile(
-            path, f"values outside [0, 1] (min {lo:.4g}, max {hi:.4g}); pass --normalise"
-        )
+        raise BadFile(path, f"values outside [0, 1] (min {lo:.4g}, max {hi:.4g}); pass --normalise")
     return np.clip(image, 0.0, 1.0).astype(np.float32), mass
 
 
@@ -272,7 +270,9 @@ def import_classification(
                 m = len(order)
                 sink = _ChunkedSplitWriter(
                     {
-                        "images": writer.create(split, "images", (m, 1, size, size), "float32", chunk),
+                        "images": writer.create(
+                            split, "images", (m, 1, size, size), "float32", chunk
+                        ),
                         "labels": writer.create(split, "labels", (m,), "int64", chunk),
                         "axion_mass": writer.create(split, "axion_mass", (m,), "float32", chunk),
                     },
@@ -291,7 +291,9 @@ def import_sr(
 ) -> ImportReport:
     report = ImportReport(out=out, kind=SR)
     pairs = find_sr_pairs(src, skip_bad, report.skipped)
-    lr0, hr0 = _first_readable(pairs, lambda p: (read_image(p[0])[0], read_image(p[1])[0]), skip_bad)
+    lr0, hr0 = _first_readable(
+        pairs, lambda p: (read_image(p[0])[0], read_image(p[1])[0]), skip_bad
+    )
     lr_size, hr_size = lr0.shape[0], hr0.shape[0]
     if hr_size % lr_size or hr_size // lr_size < 2:
         raise DataError(f"{pairs[0][1]}: HR size {hr_size} is not a multiple of LR size {lr_size}")
@@ -323,12 +325,18 @@ def import_sr(
                 m = len(order)
                 sink = _ChunkedSplitWriter(
                     {
-                        "lr": writer.create(split, "lr", (m, 1, lr_size, lr_size), "float32", chunk),
-                        "hr": writer.create(split, "hr", (m, 1, hr_size, hr_size), "float32", chunk),
+                        "lr": writer.create(
+                            split, "lr", (m, 1, lr_size, lr_size), "float32", chunk
+                        ),
+                        "hr": writer.create(
+                            split, "hr", (m, 1, hr_size, hr_size), "float32", chunk
+                        ),
                     },
                     chunk,
                 )
-                for _, (lr, hr) in _read_all(list(order), reader, skip_bad, report.skipped, bar, chunk):
+                for _, (lr, hr) in _read_all(
+                    list(order), reader, skip_bad, report.skipped, bar, chunk
+                ):
                     sink.add(lr=lr[None], hr=hr[None])
                 report.counts[split] = sink.finish()
     return report

@@ -155,4 +155,3 @@ def read_rows(array: zarr.Array, index: np.ndarray | slice) -> np.ndarray:
         return out
     except (ValueError, RuntimeError) as error:
         raise DataError(f"damaged data in {array.store_path}: {error}") from None
-

@@ -63,7 +63,9 @@ def test_axion_scenes(sampler_and_renderer):
 def test_subhalo_mass_function_and_radii(sampler_and_renderer):
     cfg, sampler, _ = sampler_and_renderer
     c: SubhaloConfig = cfg.cdm
-    rows = np.concatenate([sampler.draw("cdm", image_rng(2, 1, i)).point_masses for i in range(400)])
+    rows = np.concatenate(
+        [sampler.draw("cdm", image_rng(2, 1, i)).point_masses for i in range(400)]
+    )
     assert len(rows) == 400 * c.count
     radius = np.hypot(rows[:, 0], rows[:, 1])
     assert radius.min() >= c.radius_min and radius.max() <= c.radius_max
@@ -74,8 +76,7 @@ def test_subhalo_mass_function_and_radii(sampler_and_renderer):
     logm = np.log(mass)
     lo, hi = c.mass_min, c.mass_max
     loglik = [
-        len(mass) * np.log((a - 1) / (lo ** (1 - a) - hi ** (1 - a))) - a * logm.sum()
-        for a in grid
+        len(mass) * np.log((a - 1) / (lo ** (1 - a) - hi ** (1 - a))) - a * logm.sum() for a in grid
     ]
     assert grid[int(np.argmax(loglik))] == pytest.approx(c.slope, abs=0.05)
 
@@ -104,7 +105,9 @@ def test_classes_balanced_and_split_90_10(model_ii_config, tmp_path):
     assert group.attrs["source"] == "simulated: model_ii"
     assert group.attrs["config"]["n_per_class"] == 30
     # A different seed gives different images.
-    other = simulate_classification(model_ii_config("n_per_class=30", "seed=1"), tmp_path / "o.zarr")
+    other = simulate_classification(
+        model_ii_config("n_per_class=30", "seed=1"), tmp_path / "o.zarr"
+    )
     assert not np.array_equal(group["val/images"][:], zarr.open_group(str(other))["val/images"][:])
 
 
@@ -122,7 +125,9 @@ def test_sr_pairs_show_the_same_lens(sr_config, tmp_path):
 
 def test_sr_noise_option(sr_config, tmp_path):
     clean = simulate_sr(sr_config("n=4", "val_fraction=0"), tmp_path / "a.zarr")
-    noisy = simulate_sr(sr_config("n=4", "val_fraction=0", "instrument.noise=true"), tmp_path / "b.zarr")
+    noisy = simulate_sr(
+        sr_config("n=4", "val_fraction=0", "instrument.noise=true"), tmp_path / "b.zarr"
+    )
     a, b = zarr.open_group(str(clean))["train/hr"][:], zarr.open_group(str(noisy))["train/hr"][:]
     corner_a, corner_b = a[:, 0, :20, :20], b[:, 0, :20, :20]
     assert corner_a.std() < 1e-3 < corner_b.std()  # blank sky is flat without noise only

@@ -35,9 +35,11 @@ def ring_statistics(image: np.ndarray) -> dict[str, float]:
     while outer < len(profile) - 1 and profile[outer + 1] >= half:
         outer += 1
     left = inner - 1 + _crossing(profile[inner - 1], profile[inner], half) if inner > 0 else 0.0
-    right = outer + _crossing(profile[outer], profile[outer + 1], half) if outer + 1 < len(
-        profile
-    ) else float(outer)
+    right = (
+        outer + _crossing(profile[outer], profile[outer + 1], half)
+        if outer + 1 < len(profile)
+        else float(outer)
+    )
     return {
         "ring_radius": k + 0.5,
         "ring_width": right - left,

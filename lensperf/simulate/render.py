@@ -103,9 +103,7 @@ class SceneSampler:
 
     def _vortex(self, rng: np.random.Generator) -> tuple[np.ndarray, float]:
         v = self.axion
-        axion_mass = float(
-            np.exp(rng.uniform(np.log(v.axion_mass_min), np.log(v.axion_mass_max)))
-        )
+        axion_mass = float(np.exp(rng.uniform(np.log(v.axion_mass_min), np.log(v.axion_mass_max))))
         half_length = v.half_length_at_1e_22 * (1e-22 / axion_mass)
         angle = rng.uniform(0, np.pi)
         t = np.linspace(-half_length, half_length, v.count)
@@ -156,7 +154,9 @@ class Renderer:
             cosmo=self._cosmo,
         )
         return SimAPI(
-            num_pix=self.instrument.num_pix, kwargs_single_band=self._band_kwargs(), kwargs_model=model
+            num_pix=self.instrument.num_pix,
+            kwargs_single_band=self._band_kwargs(),
+            kwargs_model=model,
         )
 
     def _image_model(self, n_point_masses: int):
@@ -167,7 +167,9 @@ class Renderer:
 
     def _source_kwargs(self, x: float, y: float) -> dict:
         s = self.source
-        return dict(R_sersic=s.r_sersic, n_sersic=s.n_sersic, e1=s.e1, e2=s.e2, center_x=x, center_y=y)
+        return dict(
+            R_sersic=s.r_sersic, n_sersic=s.n_sersic, e1=s.e1, e2=s.e2, center_x=x, center_y=y
+        )
 
     def render(self, scene: Scene) -> np.ndarray:
         """Noise-free image in electrons per second per pixel, float64 (num_pix, num_pix)."""

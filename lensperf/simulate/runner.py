@@ -119,7 +119,9 @@ def simulate_classification(
     indices = np.tile(np.arange(n), len(CLASSES))
     size = config.instrument.num_pix
     chunk = chunk_length((1, size, size))
-    splits = dict(zip(("train", "val"), stratified_split(classes, config.val_fraction, config.seed)))
+    splits = dict(
+        zip(("train", "val"), stratified_split(classes, config.val_fraction, config.seed))
+    )
     with StoreWriter(out, kind=CLASSIFICATION, overwrite=overwrite) as writer:
         writer.set_attrs(
             classes=list(CLASSES),

@@ -1,0 +1,130 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import ROOT, run_cli
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["data"],
+        ["data", "simulate"],
+        ["data", "simulate-sr"],
+        ["data", "import"],
+        ["data", "inspect"],
+        ["demo"],
+    ],
+)
+def test_help_explains_each_command(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0
+    assert "usage: lensperf" in result.stdout
+    assert len(result.stdout.splitlines()) > 5
+
+
+def test_simulate_inspect_round_trip(tmp_path):
+    out = tmp_path / "s.zarr"
+    result = run_cli(
+        "data",
+        "simulate",
+        "--config",
+        "model_ii",
+        "--out",
+        out,
+        "--n-per-class",
+        "10",
+        "--workers",
+        "1",
+        "--seed",
+        "4",
+        "source.center_range=0.1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "30 images" in result.stdout
+    png = tmp_path / "grid.png"
+    inspect = run_cli("data", "inspect", out, "--png", png, "--json")
+    assert inspect.returncode == 0, inspect.stderr
+    summary = json.loads(inspect.stdout[: inspect.stdout.rindex("}") + 1])
+    assert summary["seed"] == 4
+    assert summary["splits"]["train"]["per_class"] == {"no_sub": 9, "cdm": 9, "axion": 9}
+    lo, hi = summary["splits"]["train"]["axion_mass_eV"]
+    assert 1e-24 <= lo <= hi <= 1e-22
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    text = run_cli("data", "inspect", out)
+    assert "train: 27 samples (no_sub 9, cdm 9, axion 9)" in text.stdout
+
+
+def test_simulate_sr_cli(tmp_path):
+    out = tmp_path / "sr.zarr"
+    result = run_cli("data", "simulate-sr", "--out", out, "--n", "4", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    text = run_cli("data", "inspect", out).stdout
+    assert "pixels_lr: shape (1, 75, 75)" in text and "pixels_hr: shape (1, 150, 150)" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data", "simulate", "--config", "model_xx"], "no config file or preset 'model_xx'"),
+        (["data", "simulate", "--n-per-class", "0"], "must be at least 1"),
+        (["data", "simulate", "n_per_class=-3"], "n_per_class: must be at least 1"),
+        (["data", "inspect", "missing.zarr"], "no dataset store at missing.zarr"),
+    ],
+)
+def test_bad_input_gives_one_line(tmp_path, args, message):
+    if args[1] == "simulate":
+        args = args + ["--out", str(tmp_path / "x.zarr")]
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_interrupted_simulation_leaves_nothing(tmp_path):
+    out = tmp_path / "big.zarr"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lensperf",
+            "data",
+            "simulate",
+            "--out",
+            str(out),
+            "--n-per-class",
+            "5000",
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Wait until the temporary store exists, i.e. rendering is under way.
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".big.zarr.tmp-*")):
+        time.sleep(0.2)
+    assert list(tmp_path.glob(".big.zarr.tmp-*")), "simulation never started"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_end_to_end(tmp_path):
+    result = run_cli("demo", "--out", tmp_path / "demo", timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
+    assert summary["stores"]["classification"]["splits"]["val"]["count"] > 0
+    assert (tmp_path / "demo" / "classification_samples.png").stat().st_size > 1000
+    assert (tmp_path / "demo" / "sr_samples.png").stat().st_size > 1000
