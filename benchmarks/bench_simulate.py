@@ -1,0 +1,37 @@
+"""Simulation throughput: images per second per worker, per class (Model II) and for SR pairs.
+
+Full-size times follow as N / (rate * workers); benchmarks/full_size_data.py measures them.
+"""
+
+import numpy as np
+import pytest
+
+from lensperf.config import load_config
+from lensperf.simulate.config import CLASSES, SimulationConfig, SRSimulationConfig
+from lensperf.simulate.runner import (
+    Task,
+    _init_classification,
+    _init_sr,
+    _render_classification,
+    _render_sr,
+)
+from tests.conftest import CONFIGS
+
+CHUNK = 64
+
+
+@pytest.mark.parametrize("class_name", CLASSES)
+def test_simulate_model_ii(benchmark, class_name):
+    _init_classification(load_config(SimulationConfig, CONFIGS / "data" / "model_ii.yaml"))
+    c = CLASSES.index(class_name)
+    task = Task("train", 0, np.full(CHUNK, c), np.arange(CHUNK))
+    benchmark(_render_classification, task)
+    benchmark.extra_info["images_per_s"] = CHUNK / benchmark.stats["median"]
+
+
+def test_simulate_sr_pairs(benchmark):
+    _init_sr(load_config(SRSimulationConfig, CONFIGS / "data" / "sr.yaml"))
+    n = 8
+    task = Task("train", 0, np.zeros(n, int), np.arange(n))
+    benchmark(_render_sr, task)
+    benchmark.extra_info["pairs_per_s"] = n / benchmark.stats["median"]

@@ -1,0 +1,3 @@
+import os
+
+os.environ.setdefault("LENSPERF_PROGRESS", "0")
