@@ -24,7 +24,7 @@ def interpreter_on() -> bool:
 
 
 def active_backend(tensor: torch.Tensor) -> str:
-    """"triton" or "torch": the implementation the ops will run for `tensor`."""
+    """ "triton" or "torch": the implementation the ops will run for `tensor`."""
     if not HAS_TRITON or os.environ.get("KERNELS_DISABLE", "0") == "1":
         return "torch"
     if interpreter_on():

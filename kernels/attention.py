@@ -252,8 +252,22 @@ def _attention_bwd_triton(
     )
     dq, dk, dv = (torch.empty(B * H, N, D, dtype=q.dtype, device=q.device) for _ in range(3))
     common = (q_, k_, v_, do_, lse, delta)
-    _launch(_attn_bwd_dkdv_kernel, "BLOCK_N", B * H, N, *common, dk, dv, scale, scale * LOG2E, N, HEAD_DIM=D)
-    _launch(_attn_bwd_dq_kernel, "BLOCK_M", B * H, N, *common, dq, scale, scale * LOG2E, N, HEAD_DIM=D)
+    _launch(
+        _attn_bwd_dkdv_kernel,
+        "BLOCK_N",
+        B * H,
+        N,
+        *common,
+        dk,
+        dv,
+        scale,
+        scale * LOG2E,
+        N,
+        HEAD_DIM=D,
+    )
+    _launch(
+        _attn_bwd_dq_kernel, "BLOCK_M", B * H, N, *common, dq, scale, scale * LOG2E, N, HEAD_DIM=D
+    )
     return dq.view(B, H, N, D), dk.view(B, H, N, D), dv.view(B, H, N, D)
 
 

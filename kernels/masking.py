@@ -92,7 +92,11 @@ if HAS_TRITON:
         )
         token = tl.load(TOKEN_ptr + d, mask=d_ok, other=0.0)
         out = tl.where(visible[:, None], vals, token[None, :])
-        tl.store(OUT_ptr + (b * L + rows[:, None]) * D + d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
+        tl.store(
+            OUT_ptr + (b * L + rows[:, None]) * D + d[None, :],
+            out,
+            mask=row_ok[:, None] & d_ok[None, :],
+        )
 
 
 # ---------------------------------------------------------------- launchers

@@ -1,4 +1,9 @@
 import os
+
+# The Triton interpreter must be on before any @triton.jit decoration runs, i.e. before
+# `kernels` is imported anywhere in this process: CPU tests then exercise the real kernels.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import subprocess
 import sys
 from pathlib import Path
