@@ -1,0 +1,61 @@
+"""Data loading: `make_loader` over a store, with the DALI or the torch backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lensperf.data.loader import Loader
+from lensperf.data.plan import EpochPlan
+from lensperf.data.reader import StoreReader
+from lensperf.errors import DataError
+
+BACKENDS = ("dali", "torch", "memory")
+
+
+def make_loader(
+    store: str | Path,
+    split: str,
+    *,
+    batch_size: int,
+    backend: str = "torch",
+    device: str | torch.device = "cpu",
+    shuffle: bool = True,
+    augment: bool = False,
+    seed: int = 0,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    drop_last: bool = False,
+    kind: str | None = None,
+    num_workers: int = 0,
+    normalize: tuple[float, float] | None = None,
+) -> Loader:
+    """An iterable of batches (dicts of tensors on `device`) over `split` of `store`.
+
+    backend: "dali" (a DALI pipeline fed by parallel workers), "torch" (a DataLoader with
+    `num_workers` workers) or "memory" (the whole split in RAM, batches built in-process).
+    Every backend gives the same samples in the same order for the same seed.
+    """
+    if backend not in BACKENDS:
+        raise DataError(f"unknown loader backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if split not in ("train", "val"):
+        raise DataError(f"unknown split {split!r} (train or val)")
+    reader = StoreReader(store, split, kind)
+    try:
+        plan = EpochPlan(
+            n=reader.length, chunk=reader.chunk, batch_size=batch_size, seed=seed,
+            shuffle=shuffle, shard_id=shard_id, num_shards=num_shards, drop_last=drop_last,
+        )  # fmt: skip
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    common = dict(device=device, augment=augment, normalize=normalize)
+    if backend == "dali":
+        from lensperf.data.dali_backend import DaliLoader
+
+        return DaliLoader(reader, plan, num_workers=max(1, num_workers), **common)
+    from lensperf.data.torch_backend import TorchLoader
+
+    return TorchLoader(
+        reader, plan, num_workers=num_workers, in_memory=backend == "memory", **common
+    )

@@ -1,0 +1,99 @@
+"""The loader every training command uses: batches of torch tensors from a store.
+
+A `Loader` walks its `EpochPlan` and hands out dicts of tensors on `device`: `image` (B, 1, H, W)
+and `label` (B,) for classification stores, `lr` and `hr` for SR stores, and `index` (B,), the
+samples' rows in the split. `state_dict()` after a batch names the next one, so a resumed run
+continues at exactly that batch. Backends differ only in who builds the batch (`_batches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from lensperf.data.augment import apply_flags, normalise
+from lensperf.data.plan import EpochPlan
+from lensperf.data.reader import StoreReader
+from lensperf.errors import DataError
+
+OUTPUT_NAMES = {"images": "image", "labels": "label", "lr": "lr", "hr": "hr"}
+
+
+def build_batch(
+    reader: StoreReader,
+    plan: EpochPlan,
+    epoch: int,
+    batch: int,
+    *,
+    augment: bool,
+    normalize: tuple[float, float] | None,
+    order: np.ndarray | None = None,
+    arrays: dict | None = None,
+) -> dict[str, np.ndarray]:
+    """One batch in numpy: rows from the store (or from `arrays` held in memory), then the
+    plan's augmentation flags and normalisation applied to every image array alike."""
+    indices = plan.batch_indices(epoch, batch, order)
+    rows = {k: v[indices] for k, v in arrays.items()} if arrays else reader.read(indices)
+    if augment:
+        flags = plan.augment_flags(epoch, batch, len(indices))
+        for name in reader.image_names:
+            rows[name] = apply_flags(rows[name], flags)
+    if normalize is not None:
+        for name in reader.image_names:
+            rows[name] = normalise(rows[name], *normalize)
+    out = {OUTPUT_NAMES[k]: v for k, v in rows.items() if k in OUTPUT_NAMES}
+    out["index"] = indices
+    return out
+
+
+class Loader:
+    backend = "base"
+
+    def __init__(
+        self,
+        reader: StoreReader,
+        plan: EpochPlan,
+        *,
+        device: str | torch.device = "cpu",
+        augment: bool = False,
+        normalize: tuple[float, float] | None = None,
+    ):
+        self.reader = reader
+        self.plan = plan
+        self.device = torch.device(device)
+        self.augment = augment
+        self.normalize = normalize
+        self.epoch = 0
+        self.batch = 0  # the next batch of `epoch` to hand out
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "seed": self.plan.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.plan.seed) != self.plan.seed:
+            raise DataError(f"loader state is for seed {state['seed']}, not {self.plan.seed}")
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batch = epoch, 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The rest of the current epoch; afterwards the loader stands at the next epoch."""
+        for batch_np in self._batches(self.epoch, self.batch):
+            self.batch += 1
+            yield {
+                k: torch.as_tensor(v).to(self.device, non_blocking=True)
+                for k, v in batch_np.items()
+            }
+        self.epoch, self.batch = self.epoch + 1, 0
+
+    def _batches(self, epoch: int, start: int) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
