@@ -119,13 +119,10 @@ class DaliLoader(Loader):
             raise
         except Exception as error:  # DALI wraps worker errors in its own types
             self.close()
-            message = str(error).strip().splitlines()
-            detail = next(
-                (line for line in message if "DataError" in line or "damaged" in line), None
-            )
-            raise DataError(
-                f"data loading failed ({self.reader.path}): {detail or (message[0] if message else type(error).__name__)}"
-            ) from None
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            # The worker's own message (a DataError naming the damaged chunk) beats DALI's.
+            detail = next((ln for ln in lines if "DataError" in ln or "damaged" in ln), lines[0])
+            raise DataError(f"data loading failed ({self.reader.path}): {detail}") from None
         self._pipe.reset()
         self._pipe_start = (epoch + 1, 0)
 

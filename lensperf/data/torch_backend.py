@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lensperf.data.loader import Loader, build_batch
