@@ -1,0 +1,215 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lensperf.data import make_loader
+from lensperf.data.augment import apply_flags
+from lensperf.data.plan import EpochPlan
+from lensperf.data.reader import StoreReader
+from lensperf.data.torch_backend import TorchLoader
+from lensperf.errors import DataError
+from lensperf.store import CLASSIFICATION, SR, StoreWriter
+
+N, SIZE, CHUNK = 203, 8, 8  # many small chunks, a ragged last one
+
+
+def synthetic_store(path: Path, kind: str = CLASSIFICATION) -> Path:
+    rng = np.random.default_rng(0)
+    with StoreWriter(path, kind=kind) as w:
+        if kind == CLASSIFICATION:
+            w.set_attrs(classes=["no_sub", "cdm", "axion"], image_size=SIZE, source="test")
+        else:
+            w.set_attrs(lr_size=SIZE, hr_size=2 * SIZE, factor=2, source="test")
+        for split, n in (("train", N), ("val", 20)):
+            if kind == CLASSIFICATION:
+                w.create(split, "images", (n, 1, SIZE, SIZE), "float32", CHUNK)[:] = rng.random(
+                    (n, 1, SIZE, SIZE), dtype=np.float32
+                )
+                w.create(split, "labels", (n,), "int64", CHUNK)[:] = rng.integers(0, 3, n)
+                w.create(split, "axion_mass", (n,), "float32", CHUNK)
+            else:
+                hr = rng.random((n, 1, 2 * SIZE, 2 * SIZE), dtype=np.float32)
+                w.create(split, "hr", hr.shape, "float32", CHUNK)[:] = hr
+                lr = hr.reshape(n, 1, SIZE, 2, SIZE, 2).mean(axis=(3, 5))
+                w.create(split, "lr", lr.shape, "float32", CHUNK)[:] = lr
+    return path
+
+
+@pytest.fixture(scope="module")
+def cls_store(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("d") / "c.zarr")
+
+
+@pytest.fixture(scope="module")
+def sr_store(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("d") / "s.zarr", SR)
+
+
+def indices(loader) -> np.ndarray:
+    return np.concatenate([b["index"].numpy() for b in loader])
+
+
+def test_every_sample_exactly_once_per_epoch(cls_store):
+    loader = make_loader(cls_store, "train", batch_size=16, backend="memory", seed=3)
+    assert len(loader) == -(-N // 16)
+    first, second = indices(loader), indices(loader)
+    assert sorted(first.tolist()) == list(range(N)) == sorted(second.tolist())
+    assert not np.array_equal(first, second)  # a new order each epoch
+    again = make_loader(cls_store, "train", batch_size=16, backend="memory", seed=3)
+    assert np.array_equal(indices(again), first)  # the same order for the same seed
+    other = make_loader(cls_store, "train", batch_size=16, backend="memory", seed=4)
+    assert not np.array_equal(indices(other), first)
+
+
+def test_order_is_chunk_local():
+    plan = EpochPlan(n=10_000, chunk=64, batch_size=256, seed=0)
+    order = plan.order(0)
+    for b in range(len(plan)):
+        chunks = np.unique(plan.batch_indices(0, b, order) // 64)
+        assert len(chunks) <= 2 * 8  # a batch spans at most two windows of 8 chunks
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shards_are_disjoint_and_cover_the_split(cls_store, drop_last):
+    shards = [
+        indices(make_loader(cls_store, "train", batch_size=10, backend="memory", seed=1,
+                            shard_id=s, num_shards=3, drop_last=drop_last))
+        for s in range(3)
+    ]  # fmt: skip
+    union = np.concatenate(shards)
+    assert len(np.unique(union)) == len(union)  # disjoint
+    if drop_last:
+        assert len({len(s) for s in shards}) == 1  # equal batches per rank
+    else:
+        assert sorted(union.tolist()) == list(range(N))
+
+
+def test_mid_epoch_state_round_trip(cls_store):
+    def loader():
+        return make_loader(
+            cls_store, "train", batch_size=16, backend="memory", seed=2, augment=True
+        )
+
+    full = loader()
+    next(iter(full))  # finish epoch 0 partially, then run the rest
+    reference = [b for _, b in zip(range(30), _batches_forever(full))]
+
+    interrupted = loader()
+    it = iter(interrupted)
+    next(it)
+    taken = [next(it) for _ in range(5)]
+    state = interrupted.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [b for _, b in zip(range(25), _batches_forever(resumed))]
+    for got, want in zip(taken + rest, reference):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def _batches_forever(loader):
+    while True:
+        yield from loader
+
+
+def test_state_for_another_seed_is_refused(cls_store):
+    loader = make_loader(cls_store, "train", batch_size=16, backend="memory", seed=2)
+    with pytest.raises(DataError, match="seed 5"):
+        loader.load_state_dict({"epoch": 0, "batch": 1, "seed": 5})
+
+
+def test_classification_augmentation_keeps_labels(cls_store):
+    reader = StoreReader(cls_store, "train")
+    stored = reader.read_all()
+    loader = make_loader(cls_store, "train", batch_size=32, backend="memory", augment=True, seed=7)
+    changed = 0
+    for batch in loader:
+        idx = batch["index"].numpy()
+        assert np.array_equal(batch["label"].numpy(), stored["labels"][idx])
+        for image, original in zip(batch["image"].numpy(), stored["images"][idx]):
+            assert _symmetry_of(image, original) is not None
+            changed += not np.array_equal(image, original)
+    assert changed > N // 2  # 7 of 8 symmetries change a random image
+
+
+def test_sr_pairs_get_the_same_symmetry(sr_store):
+    stored = StoreReader(sr_store, "train").read_all()
+    loader = make_loader(sr_store, "train", batch_size=32, backend="memory", augment=True)
+    for batch in loader:
+        idx = batch["index"].numpy()
+        for lr, hr, i in zip(batch["lr"].numpy(), batch["hr"].numpy(), idx):
+            g = _symmetry_of(lr, stored["lr"][i])
+            assert g is not None and np.array_equal(hr, apply_flags(stored["hr"][i][None], g)[0])
+
+
+def _symmetry_of(image, original):
+    for code in range(8):
+        flags = np.array([[code & 1, (code >> 1) & 1, (code >> 2) & 1]], np.uint8)
+        if np.array_equal(apply_flags(original[None], flags)[0], image):
+            return flags
+    return None
+
+
+@pytest.mark.parametrize("backend, workers", [("torch", 0), ("torch", 2), ("dali", 2)])
+def test_backends_give_the_same_samples(cls_store, backend, workers):
+    kw = dict(batch_size=32, seed=9, augment=True, normalize=(0.5, 0.25))
+    loader = make_loader(cls_store, "train", backend=backend, num_workers=workers, **kw)
+    for epoch in range(2):
+        got, want = list(loader), list(_epoch(cls_store, epoch, **kw))
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.keys() == w.keys()
+            assert all(torch.equal(g[k], w[k]) for k in w), (backend, epoch)
+    loader.close()
+
+
+def _epoch(store, epoch, **kw):
+    loader = make_loader(store, "train", backend="memory", **kw)
+    loader.set_epoch(epoch)
+    return loader
+
+
+def test_dali_sr_batches(sr_store):
+    loader = make_loader(sr_store, "train", batch_size=16, backend="dali", augment=True)
+    batch = next(iter(loader))
+    assert batch["lr"].shape == (16, 1, SIZE, SIZE) and batch["hr"].shape == (16, 1, 16, 16)
+    loader.close()
+
+
+def test_missing_and_wrong_kind(cls_store, tmp_path):
+    with pytest.raises(DataError, match="no dataset store"):
+        make_loader(tmp_path / "none.zarr", "train", batch_size=4)
+    with pytest.raises(DataError, match="classification store; this needs a sr store"):
+        make_loader(cls_store, "train", batch_size=4, kind="sr")
+    with pytest.raises(DataError, match="unknown loader backend"):
+        make_loader(cls_store, "train", batch_size=4, backend="fast")
+    with pytest.raises(DataError, match="batch_size"):
+        make_loader(cls_store, "train", batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "backend, workers", [("memory", 0), ("torch", 0), ("torch", 2), ("dali", 2)]
+)
+def test_damaged_chunk_is_reported(tmp_path, backend, workers):
+    store = synthetic_store(tmp_path / "c.zarr")
+    victim = next(p for p in sorted((store / "train" / "images" / "c").rglob("*")) if p.is_file())
+    victim.write_bytes(victim.read_bytes()[:-3] + b"xyz")
+    with pytest.raises(DataError, match="damaged"):
+        loader = make_loader(store, "train", batch_size=16, backend=backend, num_workers=workers)
+        list(loader)
+
+
+class DyingReader(StoreReader):
+    def read(self, indices):
+        os._exit(3)  # a worker killed mid-epoch (OOM killer, segfault)
+
+
+def test_dead_worker_gives_a_clear_error(cls_store):
+    reader = DyingReader(cls_store, "train")
+    loader = TorchLoader(
+        reader, EpochPlan(n=reader.length, chunk=CHUNK, batch_size=8), num_workers=1
+    )
+    with pytest.raises(DataError, match="data loading failed"):
+        list(loader)
