@@ -43,7 +43,9 @@ class _Source:
         else:
             flags = np.zeros((n, 3), np.int32)
         columns = [rows[name] for name in self.outputs] + [rows["index"], flags]
-        return tuple([np.array(column[i]) for i in range(n)] for column in columns)
+        # Whole-batch arrays: DALI takes a dense (B, ...) array as a batch, far cheaper than
+        # B per-sample arrays through shared memory.
+        return tuple(np.ascontiguousarray(column) for column in columns)
 
 
 def _names(loader: Loader) -> list[str]:
@@ -93,7 +95,7 @@ class DaliLoader(Loader):
             return (*outputs, named["index"])
 
         pipe = pipeline(
-            batch_size=self.plan.batch_size, num_threads=1,
+            batch_size=self.plan.batch_size, num_threads=2,
             device_id=torch.cuda.current_device() if on_gpu else None,
             py_num_workers=self.num_workers, py_start_method="spawn",
             prefetch_queue_depth=self.prefetch, exec_dynamic=True,
@@ -115,9 +117,9 @@ class DaliLoader(Loader):
                 except StopIteration:
                     break
                 yield {name: _to_torch(out) for name, out in zip(names, outputs)}
-        except DataError:
-            raise
         except Exception as error:  # DALI wraps worker errors in its own types
+            if isinstance(error, DataError):
+                raise
             self.close()
             lines = str(error).strip().splitlines() or [type(error).__name__]
             # The worker's own message (a DataError naming the damaged chunk) beats DALI's.

@@ -73,9 +73,9 @@ class TorchLoader(Loader):
             return
         try:
             yield from self._dataloader
-        except DataError:
-            raise
-        except RuntimeError as error:
+        except Exception as error:  # `except DataError` would be looked up at interpreter exit
+            if isinstance(error, DataError) or not isinstance(error, RuntimeError):
+                raise
             # A worker that died (killed, out of memory) or raised: one line, not a traceback.
             first = str(error).strip().splitlines()[0]
             raise DataError(f"data loading failed ({self.reader.path}): {first}") from None
