@@ -30,22 +30,26 @@ def make_loader(
     kind: str | None = None,
     num_workers: int = 0,
     normalize: tuple[float, float] | None = None,
+    classes: tuple[str, ...] = (),
 ) -> Loader:
     """An iterable of batches (dicts of tensors on `device`) over `split` of `store`.
 
     backend: "dali" (a DALI pipeline fed by parallel workers), "torch" (a DataLoader with
     `num_workers` workers) or "memory" (the whole split in RAM, batches built in-process).
-    Every backend gives the same samples in the same order for the same seed.
+    Every backend gives the same samples in the same order for the same seed. `classes`
+    restricts a classification split to those classes (empty: all).
     """
     if backend not in BACKENDS:
         raise DataError(f"unknown loader backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if split not in ("train", "val"):
         raise DataError(f"unknown split {split!r} (train or val)")
     reader = StoreReader(store, split, kind)
+    keep = reader.class_mask(classes) if classes else None
     try:
         plan = EpochPlan(
             n=reader.length, chunk=reader.chunk, batch_size=batch_size, seed=seed,
             shuffle=shuffle, shard_id=shard_id, num_shards=num_shards, drop_last=drop_last,
+            keep=keep,
         )  # fmt: skip
     except ValueError as error:
         raise DataError(str(error)) from None

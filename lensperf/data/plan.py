@@ -28,6 +28,7 @@ class EpochPlan:
     shard_id: int = 0
     num_shards: int = 1
     drop_last: bool = False
+    keep: np.ndarray | None = None  # (n,) bool: visit only these samples (e.g. one class)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -55,10 +56,13 @@ class EpochPlan:
                 )
                 parts.append(rng.permutation(window))
             full = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if self.keep is not None:
+            full = full[self.keep[full]]  # a filter keeps the chunk-local order
         return full[self.shard_id :: self.num_shards]
 
     def shard_length(self) -> int:
-        return len(range(self.shard_id, self.n, self.num_shards))
+        members = self.n if self.keep is None else int(self.keep.sum())
+        return len(range(self.shard_id, members, self.num_shards))
 
     def __len__(self) -> int:
         """Batches per epoch (the same every epoch)."""

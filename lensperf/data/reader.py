@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lensperf.errors import DataError
 from lensperf.store import ARRAYS, CLASSIFICATION, open_store, read_rows
 
 CACHE_CHUNKS = 16  # per array: two windows of 8 chunks
@@ -78,6 +79,17 @@ class StoreReader:
                 rows[where] = self._chunk(name, int(c))[indices[where] - c * self.chunk]
             out[name] = rows
         return out
+
+    def class_mask(self, classes: tuple[str, ...]) -> np.ndarray:
+        """(n,) bool: samples whose class is one of `classes`."""
+        if self.kind != CLASSIFICATION:
+            raise DataError(f"{self.path} is an SR store: it has no classes to select")
+        known = list(open_store(self.path).attrs["classes"])
+        unknown = [c for c in classes if c not in known]
+        if unknown:
+            raise DataError(f"unknown class {unknown[0]!r} (the store has {', '.join(known)})")
+        wanted = [known.index(c) for c in classes]
+        return np.isin(self._small()["labels"], wanted)
 
     def read_all(self) -> dict[str, np.ndarray]:
         return {name: read_rows(self._open()[name], slice(None)) for name in self.names}

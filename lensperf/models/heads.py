@@ -1,0 +1,82 @@
+"""Fine-tuning models on the pretrained encoder: a classifier and a 2x super-resolution net."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lensperf.models.vit import ViTEncoder
+
+
+class Classifier(nn.Module):
+    """Encoder + head on the mean of the patch tokens. linear_probe freezes the encoder."""
+
+    def __init__(self, encoder: ViTEncoder, num_classes: int = 3, linear_probe: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.linear_probe = linear_probe
+        dim = encoder.config.dim
+        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
+        if linear_probe:
+            encoder.requires_grad_(False)
+
+    def embed(self, images_BCHW: Tensor) -> Tensor:
+        """(B, D) image embeddings: the mean of the encoder's patch tokens."""
+        return self.encoder(images_BCHW)[:, 1:].mean(dim=1)
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        if self.linear_probe:
+            with torch.no_grad():
+                features = self.embed(images_BCHW)
+        else:
+            features = self.embed(images_BCHW)
+        return self.head(features)
+
+
+class SuperResolution(nn.Module):
+    """LR (B, 1, h, w) -> HR (B, 1, f*h, f*w) as bicubic upsampling plus a predicted residual.
+
+    The ViT sees the LR image padded to a multiple of its patch size; its tokens are unfolded
+    to LR resolution by pixel shuffle, joined with convolutional features of the LR image
+    itself (the tokens alone lose detail finer than a patch), refined by a small conv stack at
+    LR resolution, and pixel-shuffled up by the factor.
+    """
+
+    def __init__(self, encoder: ViTEncoder, factor: int = 2, features: int = 48):
+        super().__init__()
+        self.encoder = encoder
+        self.factor = factor
+        p, dim = encoder.config.patch_size, encoder.config.dim
+        self.tokens_to_pixels = nn.Sequential(
+            nn.Conv2d(dim, features * p * p, kernel_size=1), nn.PixelShuffle(p)
+        )
+        self.image_features = nn.Conv2d(1, features, kernel_size=3, padding=1)
+        self.refine = nn.Sequential(
+            nn.Conv2d(2 * features, features, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(features, features, 3, padding=1),
+            nn.GELU(),
+        )
+        self.upsample = nn.Sequential(
+            nn.Conv2d(features, factor * factor, 3, padding=1), nn.PixelShuffle(factor)
+        )
+        nn.init.zeros_(self.upsample[0].weight)  # start as plain bicubic
+        nn.init.zeros_(self.upsample[0].bias)
+
+    def forward(self, lr_B1hw: Tensor) -> Tensor:
+        h, w = lr_B1hw.shape[-2:]
+        p = self.encoder.config.patch_size
+        pad_h, pad_w = (-h) % p, (-w) % p
+        padded = F.pad(lr_B1hw, (0, pad_w, 0, pad_h), mode="replicate")
+        tokens_BLD, grid = self.encoder.patchify(padded)
+        tokens_BLD = self.encoder.forward_tokens(tokens_BLD)[:, 1:]
+        B, L, D = tokens_BLD.shape
+        token_map = tokens_BLD.transpose(1, 2).reshape(B, D, *grid)
+        token_pixels = self.tokens_to_pixels(token_map)[..., :h, :w]
+        x = torch.cat([token_pixels, self.image_features(lr_B1hw)], dim=1)
+        residual = self.upsample(self.refine(x))
+        bicubic = F.interpolate(
+            lr_B1hw, scale_factor=self.factor, mode="bicubic", align_corners=False
+        )
+        return bicubic + residual

@@ -1,0 +1,132 @@
+"""ViT encoder on patch tokens: patch embedding, fixed 2-D sin-cos positions, pre-norm blocks.
+
+Shape legend: B batch, C channels, H/W image size, P patch, L tokens, D width, N tokens + 1.
+Positions are computed for whatever grid an image gives (not learned), so one encoder serves
+64x64 pretraining images and padded 75x75 LR images alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lensperf import ops
+from lensperf.config import require
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViTConfig:
+    image_size: int = 64
+    patch_size: int = 8
+    in_chans: int = 1
+    dim: int = 192
+    depth: int = 6
+    heads: int = 3
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self):
+        require(self.patch_size >= 1, "patch_size", "must be at least 1")
+        require(
+            self.image_size % self.patch_size == 0,
+            "patch_size",
+            f"must divide image_size={self.image_size}",
+        )
+        require(self.dim % self.heads == 0, "heads", f"must divide dim={self.dim}")
+        require(self.depth >= 1, "depth", "must be at least 1")
+        require(self.mlp_ratio > 0, "mlp_ratio", "must be positive")
+
+
+def sincos_positions(grid_h: int, grid_w: int, dim: int) -> Tensor:
+    """(grid_h * grid_w, dim) 2-D sin-cos embedding (MAE's): half the channels per axis."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys, xs = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64),
+        torch.arange(grid_w, dtype=torch.float64),
+        indexing="ij",
+    )
+    parts = []
+    for coord in (ys.reshape(-1), xs.reshape(-1)):
+        angle = coord[:, None] * omega[None, :]
+        parts += [angle.sin(), angle.cos()]
+    pos = torch.cat(parts, dim=1)
+    return nn.functional.pad(pos, (0, dim - pos.shape[1])).float()
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x_BND: Tensor) -> Tensor:
+        B, N, D = x_BND.shape
+        qkv = self.qkv(x_BND).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        out_BHNd = ops.attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out_BHNd.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViTEncoder(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.patch_embed = nn.Conv2d(
+            c.in_chans, c.dim, kernel_size=c.patch_size, stride=c.patch_size
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim)
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+
+    def patchify(self, images_BCHW: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Patch tokens with positions added: (B, L, D), and the (rows, cols) grid."""
+        p = self.config.patch_size
+        H, W = images_BCHW.shape[-2:]
+        if H % p or W % p:
+            raise ValueError(f"image {H}x{W} is not divisible by patch size {p}")
+        tokens_BDhw = self.patch_embed(images_BCHW)
+        grid = tokens_BDhw.shape[-2:]
+        tokens_BLD = tokens_BDhw.flatten(2).transpose(1, 2)
+        pos_LD = sincos_positions(*grid, self.config.dim).to(tokens_BLD)
+        return tokens_BLD + pos_LD, (int(grid[0]), int(grid[1]))
+
+    def forward_tokens(self, tokens_BLD: Tensor) -> Tensor:
+        """Blocks over [CLS] + tokens; returns (B, 1 + L, D) after the final norm."""
+        cls = self.cls_token.expand(tokens_BLD.shape[0], -1, -1)
+        x = torch.cat([cls, tokens_BLD], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        tokens, _ = self.patchify(images_BCHW)
+        return self.forward_tokens(tokens)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,122 @@
+"""Configs of the three training commands (frozen dataclasses, loaded from configs/*/NAME.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lensperf.config import require
+from lensperf.models.mae import MAEConfig
+from lensperf.models.vit import ViTConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    store: str = "data/model_ii.zarr"
+    batch_size: int = 256
+    backend: Literal["dali", "torch", "memory"] = "memory"
+    num_workers: int = 0
+    augment: bool = True
+    # Pretrain on these classes only (the MAE learns no_sub images); empty = all.
+    classes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.num_workers >= 0, "num_workers", "must be non-negative")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0  # 0 disables clipping (the non-finite guard still runs)
+
+    def __post_init__(self):
+        require(self.lr > 0, "lr", "must be positive")
+        require(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
+        require(self.weight_decay >= 0, "weight_decay", "must be non-negative")
+        require(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
+        require(self.warmup_epochs >= 0, "warmup_epochs", "must be non-negative")
+        require(self.grad_clip >= 0, "grad_clip", "must be non-negative")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware has it
+    compile: bool = True
+    kernels: Literal["auto", "on", "off"] = "auto"  # auto: Triton kernels on CUDA only
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of each epoch only
+    log_every: int = 10
+    eval_every: int = 1  # epochs
+    threads: int = 0  # torch intra-op threads; 0: torch's default
+
+    def __post_init__(self):
+        require(self.checkpoint_every >= 0, "checkpoint_every", "must be non-negative")
+        require(self.log_every >= 1, "log_every", "must be at least 1")
+        require(self.eval_every >= 1, "eval_every", "must be at least 1")
+        require(self.threads >= 0, "threads", "must be non-negative")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    name: str = "pretrain"
+    out_dir: str = "runs/pretrain"
+    epochs: int = 10
+    model: MAEConfig = field(default_factory=MAEConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(classes=("no_sub",)))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.5e-3))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self):
+        require(self.epochs >= 1, "epochs", "must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneClsConfig:
+    name: str = "finetune_cls"
+    out_dir: str = "runs/finetune_cls"
+    epochs: int = 10
+    # A pretraining checkpoint or an exported encoder directory; empty trains from scratch.
+    pretrained: str = ""
+    encoder: ViTConfig = field(default_factory=ViTConfig)  # used when training from scratch
+    linear_probe: bool = False
+    label_smoothing: float = 0.0
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self):
+        require(self.epochs >= 1, "epochs", "must be at least 1")
+        require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneSRConfig:
+    name: str = "finetune_sr"
+    out_dir: str = "runs/finetune_sr"
+    epochs: int = 10
+    pretrained: str = ""
+    encoder: ViTConfig = field(default_factory=ViTConfig)
+    features: int = 48
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(store="data/sr.zarr", batch_size=32)
+    )
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self):
+        require(self.epochs >= 1, "epochs", "must be at least 1")
+        require(self.features >= 4, "features", "must be at least 4")
+
+
+CONFIG_TYPES = {
+    "pretrain": PretrainConfig,
+    "finetune_cls": FinetuneClsConfig,
+    "finetune_sr": FinetuneSRConfig,
+}

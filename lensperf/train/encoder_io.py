@@ -1,0 +1,54 @@
+"""Move a pretrained encoder between runs: load it from a checkpoint or an exported directory
+(encoder.safetensors + encoder.yaml), and export it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+from lensperf.config import from_dict, to_dict
+from lensperf.errors import DataError
+from lensperf.models.vit import ViTConfig, ViTEncoder
+from lensperf.train.checkpoint import load_checkpoint
+
+WEIGHTS, CONFIG = "encoder.safetensors", "encoder.yaml"
+
+
+def encoder_from_checkpoint(state: dict) -> ViTEncoder:
+    config = from_dict(ViTConfig, state["encoder_config"], prefix="encoder")
+    prefix = "encoder."
+    weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    encoder = ViTEncoder(config)
+    encoder.load_state_dict(weights)
+    return encoder
+
+
+def load_encoder(path: str | Path) -> ViTEncoder:
+    """A ViT encoder from a lensperf checkpoint (any task) or an exported directory."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / WEIGHTS).exists() or not (path / CONFIG).exists():
+            raise DataError(f"{path} holds no exported encoder ({WEIGHTS} + {CONFIG})")
+        config = from_dict(ViTConfig, yaml.safe_load((path / CONFIG).read_text()), prefix="encoder")
+        encoder = ViTEncoder(config)
+        try:
+            encoder.load_state_dict(load_file(str(path / WEIGHTS)))
+        except Exception as error:
+            raise DataError(
+                f"{path / WEIGHTS} does not fit {CONFIG} ({type(error).__name__})"
+            ) from None
+        return encoder
+    return encoder_from_checkpoint(load_checkpoint(path))
+
+
+def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
+    encoder = encoder_from_checkpoint(load_checkpoint(checkpoint))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+    save_file(weights, str(out / f".{WEIGHTS}.tmp"))
+    (out / f".{WEIGHTS}.tmp").replace(out / WEIGHTS)
+    (out / CONFIG).write_text(yaml.safe_dump(to_dict(encoder.config), sort_keys=False))
+    return out

@@ -1,0 +1,302 @@
+"""One trainer for the three tasks: AdamW, warmup + cosine, gradient clipping, bf16 autocast,
+torch.compile, DDP under torchrun, atomic checkpoints with exact resume, and a guard that stops
+before an optimizer step on a non-finite loss or gradient.
+
+A task (lensperf.train.tasks) supplies the model, the loss of a batch, evaluation and report.
+Run directory: config.yaml, log.jsonl (one line per logged step and per evaluation),
+checkpoint.pt, metrics.json and report/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lensperf import ops
+from lensperf.config import save_config, to_dict
+from lensperf.data import make_loader
+from lensperf.errors import LensperfError
+from lensperf.progress import progress
+from lensperf.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+class TrainingError(LensperfError):
+    pass
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainingError("runtime.device=cuda but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+    if precision == "bf16" or supported:
+        return torch.bfloat16
+    return None
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+
+class Trainer:
+    def __init__(self, config, task, *, resume: bool = False, stop_after: int = 0):
+        self.config = config
+        self.task = task
+        self.resume = resume
+        self.stop_after = stop_after  # steps, then checkpoint and return (tests, time boxes)
+        self.run_dir = Path(config.out_dir)
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+
+    # ------------------------------------------------------------ set-up
+    def _setup_runtime(self) -> None:
+        rt = self.config.runtime
+        self.device = resolve_device(rt.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if rt.threads:
+            torch.set_num_threads(rt.threads)
+        torch.manual_seed(rt.seed + self.rank)
+        if rt.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.amp_dtype = autocast_dtype(rt.precision, self.device)
+        ops.set_kernels({"auto": None, "on": True, "off": False}[rt.kernels])
+
+    def _loaders(self) -> None:
+        c, data = self.config, self.config.data
+        common = dict(
+            backend=data.backend, device=self.device, num_workers=data.num_workers,
+            kind=self.task.store_kind, classes=data.classes,
+        )  # fmt: skip
+        self.train_loader = make_loader(
+            data.store, "train", batch_size=data.batch_size, shuffle=True, augment=data.augment,
+            seed=c.runtime.seed, shard_id=self.rank, num_shards=self.world,
+            drop_last=self.world > 1, **common,
+        )  # fmt: skip
+        self.val_loader = make_loader(
+            data.store, "val", batch_size=data.batch_size, shuffle=False, augment=False, **common
+        )
+        if len(self.train_loader) == 0:
+            raise TrainingError(f"{data.store}: no training batch (fewer samples than ranks?)")
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        o = self.config.optim
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": o.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=fused)
+
+    # ------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _state(self) -> dict:
+        return {
+            "task": self.task.name,
+            "config": to_dict(self.config),
+            "model": self.model.state_dict(),
+            "encoder_config": to_dict(self.model.encoder.config),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "loader": self.train_loader.state_dict(),
+            "step": self.step,
+            "history": self.history,
+        }
+
+    def _save(self) -> None:
+        if self.rank == 0:
+            save_checkpoint(self._state(), self.checkpoint_path)
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.checkpoint_path)
+        if state.get("task") != self.task.name:
+            raise TrainingError(f"{self.checkpoint_path} is a {state.get('task')} checkpoint")
+        saved, now = state["config"], to_dict(self.config)
+        for section in self.task.fixed_sections:
+            if saved.get(section) != now.get(section):
+                raise TrainingError(
+                    f"cannot resume: config section '{section}' differs from the checkpoint's"
+                )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.train_loader.load_state_dict(state["loader"])
+        self.step = int(state["step"])
+        self.history = state["history"]
+
+    # ------------------------------------------------------------ loop
+    def run(self) -> dict:
+        self._setup_runtime()
+        self._loaders()
+        c = self.config
+        self.model = self.task.build_model().to(self.device)
+        self.optimizer = self._optimizer(self.model)
+        self.step, self.history = 0, {"train": [], "eval": []}
+        if self.resume and self.checkpoint_path.exists():
+            self._restore()
+        elif self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "log.jsonl").write_text("")
+        if self.rank == 0:
+            save_config(c, self.run_dir / "config.yaml")
+
+        step_model = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
+        if c.runtime.compile:
+            step_model = torch.compile(step_model)
+
+        steps_per_epoch = len(self.train_loader)
+        total = c.epochs * steps_per_epoch
+        warmup = int(c.optim.warmup_epochs * steps_per_epoch)
+        start = time.perf_counter()
+        while self.step < total:
+            epoch = self.step // steps_per_epoch
+            self.model.train()
+            stopped = self._train_epoch(step_model, epoch, total, warmup)
+            if stopped:
+                return {"stopped_at_step": self.step}
+            if (epoch + 1) % c.runtime.eval_every == 0 or self.step >= total:
+                self._evaluate(epoch)
+            self._save()
+        metrics = self._finish(time.perf_counter() - start)
+        if self.world > 1:
+            dist.barrier()
+        return metrics
+
+    def _train_epoch(self, step_model, epoch: int, total: int, warmup: int) -> bool:
+        c = self.config
+        log_path = self.run_dir / "log.jsonl"
+        bar = progress(total=len(self.train_loader), desc=f"{self.task.name} epoch {epoch + 1}/{c.epochs}",
+                       unit="batch", initial=self.train_loader.batch) if self.rank == 0 else None  # fmt: skip
+        window_start, window_images = time.perf_counter(), 0
+        for batch in self.train_loader:
+            lr = lr_at(self.step, total, warmup, c.optim.lr, c.optim.min_lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):  # fmt: skip
+                loss = self.task.loss(step_model, batch)
+            self._guard(loss, "loss")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = c.optim.grad_clip if c.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self._guard(grad_norm, "gradient norm")
+            self.optimizer.step()
+            self.step += 1
+            window_images += len(batch["index"])
+            if self.rank == 0 and (
+                self.step % c.runtime.log_every == 0
+                or self.train_loader.batch == len(self.train_loader)
+            ):
+                elapsed = time.perf_counter() - window_start
+                record = {"step": self.step, "epoch": epoch, "loss": loss.item(), "lr": lr,
+                          "grad_norm": grad_norm.item(), "images_per_s": window_images * self.world / elapsed}  # fmt: skip
+                self.history["train"].append(record)
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4g}", img_s=f"{record['images_per_s']:.0f}"
+                    )
+                window_start, window_images = time.perf_counter(), 0
+            if bar is not None:
+                bar.update(1)
+            if c.runtime.checkpoint_every and self.step % c.runtime.checkpoint_every == 0:
+                self._save()
+            if self.stop_after and self.step >= self.stop_after:
+                self._save()
+                return True
+        if bar is not None:
+            bar.close()
+        return False
+
+    def _guard(self, value: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(value).all():
+            last = (
+                f"; last good checkpoint: {self.checkpoint_path}"
+                if self.checkpoint_path.exists()
+                else ""
+            )
+            raise TrainingError(
+                f"non-finite {what} at step {self.step + 1}: stopped before the optimizer step"
+                f" (lower optim.lr or check the data){last}"
+            )
+
+    @torch.no_grad()
+    def _evaluate(self, epoch: int) -> None:
+        if self.rank != 0:
+            if self.world > 1:
+                dist.barrier()
+            return
+        self.model.eval()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):  # fmt: skip
+            metrics = self.task.evaluate(self.model, self.val_loader)
+        record = {"step": self.step, "epoch": epoch + 1, **metrics}
+        self.history["eval"].append(record)
+        with (self.run_dir / "log.jsonl").open("a") as f:
+            f.write(json.dumps({"eval": record}) + "\n")
+        if self.world > 1:
+            dist.barrier()
+
+    def _finish(self, seconds: float) -> dict:
+        if self.rank != 0:
+            return {}
+        final = self.history["eval"][-1] if self.history["eval"] else {}
+        rates = [r["images_per_s"] for r in self.history["train"][1:]] or [
+            r["images_per_s"] for r in self.history["train"]
+        ]
+        metrics = {
+            "task": self.task.name,
+            "steps": self.step,
+            "epochs": self.config.epochs,
+            "train_seconds_this_session": seconds,
+            "median_images_per_s": float(sorted(rates)[len(rates) // 2]) if rates else None,
+            **{k: v for k, v in final.items() if k not in ("step", "epoch")},
+        }
+        report_dir = self.run_dir / "report"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        self.model.eval()
+        extra = self.task.report(self.model, self.val_loader, self.history, report_dir)
+        metrics.update(extra or {})
+        (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
