@@ -201,17 +201,18 @@ class Trainer:
         return metrics
 
     def _train_epoch(self, step_model, epoch: int, total: int, warmup: int) -> bool:
+        """One epoch (or its rest, after a resume); True when stop_after ended it early."""
         c = self.config
-        log_path = self.run_dir / "log.jsonl"
-        bar = progress(total=len(self.train_loader), desc=f"{self.task.name} epoch {epoch + 1}/{c.epochs}",
-                       unit="batch", initial=self.train_loader.batch) if self.rank == 0 else None  # fmt: skip
-        window_start, window_images = time.perf_counter(), 0
+        bar = None
+        if self.rank == 0:
+            desc = f"{self.task.name} epoch {epoch + 1}/{c.epochs}"
+            bar = progress(len(self.train_loader), desc, "batch", initial=self.train_loader.batch)
+        self._window = (time.perf_counter(), 0)
         for batch in self.train_loader:
             lr = lr_at(self.step, total, warmup, c.optim.lr, c.optim.min_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):  # fmt: skip
+            with self._autocast():
                 loss = self.task.loss(step_model, batch)
             self._guard(loss, "loss")
             self.optimizer.zero_grad(set_to_none=True)
@@ -221,22 +222,10 @@ class Trainer:
             self._guard(grad_norm, "gradient norm")
             self.optimizer.step()
             self.step += 1
-            window_images += len(batch["index"])
-            if self.rank == 0 and (
-                self.step % c.runtime.log_every == 0
-                or self.train_loader.batch == len(self.train_loader)
-            ):
-                elapsed = time.perf_counter() - window_start
-                record = {"step": self.step, "epoch": epoch, "loss": loss.item(), "lr": lr,
-                          "grad_norm": grad_norm.item(), "images_per_s": window_images * self.world / elapsed}  # fmt: skip
-                self.history["train"].append(record)
-                with log_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4g}", img_s=f"{record['images_per_s']:.0f}"
-                    )
-                window_start, window_images = time.perf_counter(), 0
+            self._window = (self._window[0], self._window[1] + len(batch["index"]))
+            end_of_epoch = self.train_loader.batch == len(self.train_loader)
+            if self.rank == 0 and (self.step % c.runtime.log_every == 0 or end_of_epoch):
+                self._log_step(epoch, loss, lr, grad_norm, bar)
             if bar is not None:
                 bar.update(1)
             if c.runtime.checkpoint_every and self.step % c.runtime.checkpoint_every == 0:
@@ -247,6 +236,27 @@ class Trainer:
         if bar is not None:
             bar.close()
         return False
+
+    def _autocast(self):
+        dtype = self.amp_dtype or torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
+
+    def _log_step(self, epoch: int, loss, lr: float, grad_norm, bar) -> None:
+        started, images = self._window
+        record = {
+            "step": self.step,
+            "epoch": epoch,
+            "loss": loss.item(),
+            "lr": lr,
+            "grad_norm": grad_norm.item(),
+            "images_per_s": images * self.world / (time.perf_counter() - started),
+        }
+        self.history["train"].append(record)
+        with (self.run_dir / "log.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['loss']:.4g}", img_s=f"{record['images_per_s']:.0f}")
+        self._window = (time.perf_counter(), 0)
 
     def _guard(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value).all():
@@ -267,8 +277,7 @@ class Trainer:
                 dist.barrier()
             return
         self.model.eval()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):  # fmt: skip
+        with self._autocast():
             metrics = self.task.evaluate(self.model, self.val_loader)
         record = {"step": self.step, "epoch": epoch + 1, **metrics}
         self.history["eval"].append(record)
