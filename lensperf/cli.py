@@ -112,6 +112,31 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(f"wrote {sample_grid_png(args.store, args.png)}")
 
 
+def _train_command(task: str, section: str):
+    def run(args: argparse.Namespace) -> None:
+        from lensperf.train.run import train
+
+        metrics = train(
+            task, resolve_config(args.config, section), args.overrides,
+            resume=args.resume, stop_after=args.stop_after,
+        )  # fmt: skip
+        print(json.dumps(metrics, indent=2))
+
+    return run
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lensperf.train.run import evaluate
+
+    print(json.dumps(evaluate(args.checkpoint, args.data, args.out), indent=2))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from lensperf.train.encoder_io import export_encoder
+
+    print(f"wrote {export_encoder(args.checkpoint, args.out)}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from lensperf.demo import run_demo
 
@@ -202,6 +227,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", type=Path, help="write a grid of samples to this PNG")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_inspect)
+
+    training = [
+        ("pretrain", "pretrain", "pretrain", "MAE pretraining on no_sub images"),
+        ("finetune-cls", "finetune_cls", "finetune_cls", "fine-tune for no_sub/cdm/axion"),
+        ("finetune-sr", "finetune_sr", "finetune_sr", "fine-tune for 2x super-resolution"),
+    ]
+    for command, task, section, summary in training:
+        p = commands.add_parser(
+            command,
+            help=summary,
+            description=f"{summary}. Writes config.yaml, log.jsonl, checkpoint.pt, metrics.json "
+            "and report/ to the config's out_dir. Under torchrun the same command trains with "
+            "DDP (gloo on CPU, nccl on GPU).",
+        )
+        p.add_argument(
+            "--config", required=True,
+            help=f"YAML file, or a preset name in configs/{section}/ (demo, cpu, gpu)",
+        )  # fmt: skip
+        p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
+        p.add_argument(
+            "--stop-after", type=_non_negative_int, default=0, metavar="STEPS",
+            help="checkpoint and stop after this many steps (a time box; resume later)",
+        )  # fmt: skip
+        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        p.set_defaults(func=_train_command(task, section))
+
+    p = commands.add_parser(
+        "evaluate",
+        help="metrics and report of a checkpoint on a store's val split",
+        description="Evaluate any lensperf checkpoint on the val split of a store: metrics.json "
+        "and the task's figures in --out (default: beside the checkpoint).",
+    )
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="a store, DIR.zarr")
+    p.add_argument("--out", type=Path, help="report folder")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "export",
+        help="export a checkpoint's encoder as safetensors + YAML",
+        description="Write encoder.safetensors and encoder.yaml: loadable with "
+        "pretrained=DIR by the fine-tune commands, and lensperf.api.load_encoder(DIR).",
+    )
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.set_defaults(func=cmd_export)
 
     p = commands.add_parser(
         "demo",
