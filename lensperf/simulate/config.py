@@ -8,6 +8,7 @@ Angles are in arcsec, masses in solar masses, axion masses in eV.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lensperf.config import require
 
@@ -171,6 +172,9 @@ class SRSimulationConfig:
     val_fraction: float = 0.1
     seed: int = 0
     factor: int = 2
+    # Which images get background + Poisson noise (instrument.noise is not used here). "lr":
+    # a noisy observation and its clean high-resolution truth, the task a network can learn.
+    noise: Literal["none", "lr", "both"] = "lr"
     instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
     lens: LensConfig = field(default_factory=LensConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -180,6 +184,13 @@ class SRSimulationConfig:
         require(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
         require(self.seed >= 0, "seed", "must be non-negative")
         require(self.factor in (2, 3, 4), "factor", "must be 2, 3 or 4")
+        require(
+            self.noise == "none"
+            or self.instrument.background_rms is not None
+            or self.instrument.sky_brightness is not None,
+            "noise",
+            "needs instrument.background_rms or instrument.sky_brightness",
+        )
         require(
             self.instrument.num_pix % self.factor == 0,
             "instrument.num_pix",

@@ -65,9 +65,10 @@ def _render_classification(task: Task) -> tuple[Task, dict[str, np.ndarray]]:
 
 
 def _init_sr(config: SRSimulationConfig) -> None:
-    hr = config.instrument
+    hr = dataclasses.replace(config.instrument, noise=config.noise == "both")
     lr = dataclasses.replace(
         hr,
+        noise=config.noise != "none",
         num_pix=hr.num_pix // config.factor,
         pixel_scale=hr.pixel_scale * config.factor,
         # The same sub-pixel size at both scales: LR is then HR's light binned, not re-sampled.
