@@ -1,0 +1,250 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lensperf import api
+from lensperf.config import load_config
+from lensperf.errors import DataError
+from lensperf.models import MAE, Classifier, MAEConfig, SuperResolution, ViTConfig, ViTEncoder
+from lensperf.simulate.runner import simulate_classification, simulate_sr
+from lensperf.train.checkpoint import load_checkpoint
+from lensperf.train.config import PretrainConfig
+from lensperf.train.run import train, train_config
+from lensperf.train.tasks import PretrainTask
+from lensperf.train.trainer import TrainingError
+
+from .conftest import CONFIGS, ROOT, run_cli
+
+TINY = [
+    "model.encoder.dim=32", "model.encoder.depth=1", "model.encoder.heads=2",
+    "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2",
+    "data.batch_size=16", "runtime.compile=false", "runtime.log_every=1",
+]  # fmt: skip
+TINY_ENCODER = ["encoder.dim=32", "encoder.depth=1", "encoder.heads=2"]
+
+
+@pytest.fixture(scope="module")
+def stores(
+    tmp_path_factory,
+):
+    root = tmp_path_factory.mktemp("train")
+    from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
+
+    cls = load_config(SimulationConfig, CONFIGS / "data" / "model_ii.yaml", ["n_per_class=24"])
+    sr = load_config(SRSimulationConfig, CONFIGS / "data" / "sr.yaml", ["n=20"])
+    return {
+        "cls": simulate_classification(cls, root / "c.zarr"),
+        "sr": simulate_sr(sr, root / "s.zarr"),
+    }
+
+
+def pretrain_overrides(stores, out, *extra):
+    return [f"out_dir={out}", f"data.store={stores['cls']}", "epochs=2", *TINY, *extra]
+
+
+@pytest.mark.parametrize("size, patch", [(64, 8), (32, 4), (48, 16)])
+def test_model_shapes_and_gradients(size, patch):
+    enc = ViTConfig(image_size=size, patch_size=patch, dim=32, depth=2, heads=4)
+    images = torch.rand(3, 1, size, size)
+    mae = MAE(MAEConfig(encoder=enc, decoder_dim=16, decoder_depth=1, decoder_heads=2))
+    loss, pred, mask = mae(images)
+    L = (size // patch) ** 2
+    assert pred.shape == (3, L, patch * patch) and mask.shape == (3, L)
+    assert mask.sum(1).tolist() == [L - int(L * 0.25)] * 3
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mae.parameters())
+
+    clf = Classifier(ViTEncoder(enc))
+    logits = clf(images)
+    assert logits.shape == (3, 3)
+    logits.sum().backward()
+    assert clf.encoder.patch_embed.weight.grad is not None
+
+    sr = SuperResolution(ViTEncoder(enc), features=8)
+    lr = torch.rand(2, 1, size + 3, size + 3)  # not a multiple of the patch: padded inside
+    hr = sr(lr)
+    assert hr.shape == (2, 1, 2 * (size + 3), 2 * (size + 3))
+    hr.mean().backward()
+    assert sr.image_features.weight.grad is not None
+
+
+def test_sr_starts_as_bicubic():
+    sr = SuperResolution(ViTEncoder(ViTConfig(dim=32, depth=1, heads=2)), features=8)
+    lr = torch.rand(2, 1, 20, 20)
+    bicubic = torch.nn.functional.interpolate(lr, scale_factor=2, mode="bicubic")
+    torch.testing.assert_close(sr(lr), bicubic)
+
+
+def test_linear_probe_freezes_the_encoder():
+    clf = Classifier(ViTEncoder(ViTConfig(dim=32, depth=1, heads=2)), linear_probe=True)
+    clf(torch.rand(2, 1, 64, 64)).sum().backward()
+    assert all(p.grad is None for p in clf.encoder.parameters())
+    assert clf.head[1].weight.grad is not None
+
+
+def test_compiled_equals_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    enc = ViTConfig(dim=32, depth=2, heads=2)
+    mae = MAE(MAEConfig(encoder=enc, decoder_dim=16, decoder_depth=1, decoder_heads=2))
+    clf = Classifier(ViTEncoder(enc))
+    images = torch.rand(4, 1, 64, 64)
+    with torch._inductor.config.patch(fallback_random=True):  # eager's RNG for the masks
+        for model, fn in ((mae, lambda m: m(images)[0]), (clf, lambda m: m(images).sum())):
+            torch.manual_seed(1)
+            eager = fn(model)
+            torch.manual_seed(1)
+            compiled = fn(torch.compile(model, fullgraph=True))
+            torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def _losses(run_dir):
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if '"loss"' in line and "eval" not in line]
+
+
+def test_interrupted_and_resumed_run_repeats_the_losses(stores, tmp_path):
+    common = ["runtime.deterministic=true", "data.augment=true", "runtime.checkpoint_every=2"]
+    full = tmp_path / "full"
+    train("pretrain", CONFIGS / "pretrain" / "demo.yaml", pretrain_overrides(stores, full, *common))
+    part = tmp_path / "part"
+    overrides = pretrain_overrides(stores, part, *common)
+    stopped = train("pretrain", CONFIGS / "pretrain" / "demo.yaml", overrides, stop_after=3)
+    assert stopped == {"stopped_at_step": 3}
+    assert len(_losses(part)) == 3
+    train("pretrain", CONFIGS / "pretrain" / "demo.yaml", overrides, resume=True)
+    assert _losses(part) == _losses(full)
+    assert len(_losses(full)) > 3
+
+
+def test_resume_refuses_a_different_model(stores, tmp_path):
+    out = tmp_path / "r"
+    train(
+        "pretrain",
+        CONFIGS / "pretrain" / "demo.yaml",
+        pretrain_overrides(stores, out),
+        stop_after=1,
+    )
+    with pytest.raises(TrainingError, match="section 'model' differs"):
+        train("pretrain", CONFIGS / "pretrain" / "demo.yaml",
+              pretrain_overrides(stores, out, "model.mask_ratio=0.5"), resume=True)  # fmt: skip
+
+
+def test_non_finite_loss_stops_before_the_step(stores, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    config = load_config(
+        PretrainConfig, CONFIGS / "pretrain" / "demo.yaml",
+        pretrain_overrides(stores, out, "runtime.checkpoint_every=1", "epochs=5"),
+    )  # fmt: skip
+    calls = {"n": 0}
+    real_loss = PretrainTask.loss
+
+    def poisoned(self, model, batch):
+        calls["n"] += 1
+        loss = real_loss(self, model, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(PretrainTask, "loss", poisoned)
+    with pytest.raises(TrainingError, match="non-finite loss at step 3") as info:
+        train_config("pretrain", config)
+    assert "last good checkpoint" in str(info.value)
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_damaged_checkpoints_give_clear_errors(stores, tmp_path):
+    out = tmp_path / "ck"
+    train(
+        "pretrain",
+        CONFIGS / "pretrain" / "demo.yaml",
+        pretrain_overrides(stores, out),
+        stop_after=1,
+    )
+    good = (out / "checkpoint.pt").read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match="damaged or truncated"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(DataError, match="not a lensperf checkpoint"):
+        load_checkpoint(foreign)
+    result = run_cli("evaluate", "--checkpoint", truncated, "--data", stores["cls"])
+    assert result.returncode == 2 and "damaged or truncated" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_finetune_from_pretrained_export_and_api(stores, tmp_path):
+    pre = tmp_path / "pre"
+    train(
+        "pretrain", CONFIGS / "pretrain" / "demo.yaml", pretrain_overrides(stores, pre, "epochs=1")
+    )
+    exported = tmp_path / "encoder"
+    result = run_cli("export", "--checkpoint", pre / "checkpoint.pt", "--out", exported)
+    assert result.returncode == 0, result.stderr
+    encoder = api.load_encoder(exported)
+    ckpt = load_checkpoint(pre / "checkpoint.pt")
+    torch.testing.assert_close(
+        encoder.state_dict()["patch_embed.weight"], ckpt["model"]["encoder.patch_embed.weight"]
+    )
+
+    cls_out = tmp_path / "cls"
+    metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", [
+        f"out_dir={cls_out}", f"data.store={stores['cls']}", f"pretrained={exported}", "epochs=1",
+        "data.batch_size=16", "runtime.compile=false",
+    ])  # fmt: skip
+    assert 0 <= metrics["accuracy"] <= 1 and "auc_macro" in metrics
+    for name in ("roc.png", "confusion_matrix.png", "embeddings.png", "classification_report.txt"):
+        assert (cls_out / "report" / name).stat().st_size > 0
+    model = api.load_model(cls_out / "checkpoint.pt")
+    probs = api.predict(model, torch.rand(5, 64, 64))
+    torch.testing.assert_close(probs.sum(1), torch.ones(5))
+    assert api.embed(model, torch.rand(2, 1, 64, 64)).shape == (2, 32)
+    # Fine-tuning started from the pretrained weights (not a fresh init).
+    scratch = api.build_model("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml",
+                              TINY_ENCODER + ["pretrained="])  # fmt: skip
+    assert not torch.equal(scratch.encoder.patch_embed.weight, encoder.patch_embed.weight)
+
+    sr_out = tmp_path / "sr"
+    metrics = train("finetune_sr", CONFIGS / "finetune_sr" / "demo.yaml", [
+        f"out_dir={sr_out}", f"data.store={stores['sr']}", f"pretrained={pre / 'checkpoint.pt'}",
+        "epochs=1", "data.batch_size=8", "runtime.compile=false",
+    ])  # fmt: skip
+    assert {"psnr", "ssim", "mse", "bicubic_psnr", "psnr_gain_db"} <= set(metrics)
+    assert (sr_out / "report" / "triptychs.png").exists()
+    hr = api.upscale(api.load_model(sr_out / "checkpoint.pt"), torch.rand(1, 75, 75))
+    assert hr.shape == (1, 1, 150, 150)
+
+    checkpoint = sr_out / "checkpoint.pt"
+    evaluation = run_cli(
+        "evaluate", "--checkpoint", checkpoint, "--data", stores["sr"], "--out", tmp_path / "ev"
+    )
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["task"] == "finetune_sr"
+
+
+def test_wrong_store_kind_for_the_task(stores, tmp_path):
+    result = run_cli("finetune-sr", "--config", "demo", f"data.store={stores['cls']}",
+                     f"out_dir={tmp_path / 'x'}", "pretrained=")  # fmt: skip
+    assert result.returncode == 2
+    assert "this needs a sr store" in result.stderr
+
+
+def test_two_process_torchrun_on_cpu(stores, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29533", "-m", "lensperf", "pretrain", "--config", "demo",
+           *pretrain_overrides(stores, out, "epochs=1", "data.batch_size=4")]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = load_checkpoint(out / "checkpoint.pt")
+    # 2 ranks x equal shards: each step consumed a batch per rank.
+    no_sub_train = 24 - 2  # 24 per class, 2 in val (10%, rounded)
+    assert state["step"] == no_sub_train // 2 // 4
+    assert (out / "metrics.json").exists()
