@@ -76,11 +76,12 @@ def run_demo(out: Path, *, workers: int | None = None, scale: float = 1.0) -> di
 
 def _print_summary(metrics: dict, out: Path) -> None:
     cls, sr = metrics["finetune_cls"], metrics["finetune_sr"]
+    nan = float("nan")
     print(
-        f"[demo] MAE val loss {metrics['pretrain'].get('val_loss', float('nan')):.4f} | "
-        f"classification accuracy {cls.get('accuracy', float('nan')):.3f}, "
-        f"macro AUC {cls.get('auc_macro', float('nan')):.3f} | "
-        f"SR PSNR {sr.get('psnr', float('nan')):.2f} dB (bicubic {sr.get('bicubic_psnr', float('nan')):.2f}),"
-        f" SSIM {sr.get('ssim', float('nan')):.3f}"
+        f"[demo] MAE val loss {metrics['pretrain'].get('val_loss', nan):.4f} | "
+        f"classification accuracy {cls.get('accuracy', nan):.3f}, "
+        f"macro AUC {cls.get('auc_macro', nan):.3f} | "
+        f"SR PSNR {sr.get('psnr', nan):.2f} dB (bicubic {sr.get('bicubic_psnr', nan):.2f}),"
+        f" SSIM {sr.get('ssim', nan):.3f}"
     )
     print(f"[demo] reports in {out}/*/report, summary in {out / 'demo_summary.json'}")
