@@ -51,16 +51,16 @@ def run_demo(out: Path, *, workers: int | None = None, scale: float = 1.0) -> di
 
     pretrained = out / "pretrain" / "checkpoint.pt"
     epochs = [] if scale >= 1 else ["epochs=1"]
+
+    def stage(task: str, store: Path, *extra: str) -> dict:
+        overrides = [f"out_dir={out / task}", f"data.store={store}", *extra, *epochs]
+        return timed(task, train, task, CONFIG_DIR / task / "demo.yaml", overrides)
+
     metrics = {
-        "pretrain": timed("pretrain", train, "pretrain", CONFIG_DIR / "pretrain" / "demo.yaml",
-                          [f"out_dir={out / 'pretrain'}", f"data.store={cls_store}", *epochs]),
-        "finetune_cls": timed("finetune_cls", train, "finetune_cls", CONFIG_DIR / "finetune_cls" / "demo.yaml",
-                              [f"out_dir={out / 'finetune_cls'}", f"data.store={cls_store}",
-                               f"pretrained={pretrained}", *epochs]),
-        "finetune_sr": timed("finetune_sr", train, "finetune_sr", CONFIG_DIR / "finetune_sr" / "demo.yaml",
-                             [f"out_dir={out / 'finetune_sr'}", f"data.store={sr_store}",
-                              f"pretrained={pretrained}", *epochs]),
-    }  # fmt: skip
+        "pretrain": stage("pretrain", cls_store),
+        "finetune_cls": stage("finetune_cls", cls_store, f"pretrained={pretrained}"),
+        "finetune_sr": stage("finetune_sr", sr_store, f"pretrained={pretrained}"),
+    }
     metrics["evaluate_cls"] = timed(
         "evaluate",
         evaluate,
