@@ -137,6 +137,18 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {export_encoder(args.checkpoint, args.out)}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from lensperf.bench.run import run_bench
+
+    targets = {"accuracy": args.target_accuracy, "ssim": args.target_ssim}
+    results = run_bench(
+        args.out, quick=args.quick, with_time_to_target=args.time_to_target, targets=targets
+    )
+    print((args.out / "results.md").read_text())
+    print(f"wrote {args.out / 'results.json'}")
+    del results
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from lensperf.demo import run_demo
 
@@ -275,6 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser(
+        "bench",
+        help="training throughput, FLOPs, loader speed and time-to-target on this machine",
+        description="Measure MAE pretraining, classification and SR fine-tuning throughput "
+        "(eager fp32, compiled, compiled + bf16, and compiled + bf16 + Triton kernels on CUDA), "
+        "a plain reference MAE in the same run, FLOPs per image against the measured matmul "
+        "peak, the loaders, and optionally time-to-target. Writes results.json, results.md, "
+        "throughput.png and profile.txt to --out.",
+    )
+    p.add_argument("--out", type=Path, default=Path("bench"), help="default: bench/")
+    p.add_argument("--quick", action="store_true", help="a few minutes on a CPU")
+    p.add_argument(
+        "--time-to-target", action="store_true",
+        help="also train the demo recipes and time them to the accuracy / SSIM targets",
+    )  # fmt: skip
+    p.add_argument("--target-accuracy", type=float, default=0.97)
+    p.add_argument("--target-ssim", type=float, default=0.92)
+    p.set_defaults(func=cmd_bench)
 
     p = commands.add_parser(
         "demo",

@@ -185,7 +185,7 @@ class Trainer:
         steps_per_epoch = len(self.train_loader)
         total = c.epochs * steps_per_epoch
         warmup = int(c.optim.warmup_epochs * steps_per_epoch)
-        start = time.perf_counter()
+        start = self._t0 = time.perf_counter()
         while self.step < total:
             epoch = self.step // steps_per_epoch
             self.model.train()
@@ -279,7 +279,8 @@ class Trainer:
         self.model.eval()
         with self._autocast():
             metrics = self.task.evaluate(self.model, self.val_loader)
-        record = {"step": self.step, "epoch": epoch + 1, **metrics}
+        elapsed = time.perf_counter() - self._t0
+        record = {"step": self.step, "epoch": epoch + 1, "elapsed_s": elapsed, **metrics}
         self.history["eval"].append(record)
         with (self.run_dir / "log.jsonl").open("a") as f:
             f.write(json.dumps({"eval": record}) + "\n")
@@ -299,7 +300,7 @@ class Trainer:
             "epochs": self.config.epochs,
             "train_seconds_this_session": seconds,
             "median_images_per_s": float(sorted(rates)[len(rates) // 2]) if rates else None,
-            **{k: v for k, v in final.items() if k not in ("step", "epoch")},
+            **{k: v for k, v in final.items() if k not in ("step", "epoch", "elapsed_s")},
         }
         report_dir = self.run_dir / "report"
         report_dir.mkdir(parents=True, exist_ok=True)

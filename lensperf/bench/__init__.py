@@ -1,0 +1,1 @@
+"""`lensperf bench`: training throughput, FLOPs, reference comparison and time-to-target."""
