@@ -244,8 +244,8 @@ def time_to_target(settings: Settings, workdir: Path, targets: dict) -> dict:
         train(task, CONFIG_DIR / task / "demo.yaml", [
             f"out_dir={run_dir}", f"data.store={store}", "pretrained=", f"epochs={epochs}", *extra,
         ])  # fmt: skip
-        evals = [json.loads(line)["eval"] for line in (run_dir / "log.jsonl").read_text().splitlines()
-                 if line.startswith('{"eval"')]  # fmt: skip
+        lines = (run_dir / "log.jsonl").read_text().splitlines()
+        evals = [json.loads(line)["eval"] for line in lines if line.startswith('{"eval"')]
         reached = next((e for e in evals if e[metric] >= target), None)
         results[task] = {
             "metric": metric,

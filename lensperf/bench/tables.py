@@ -45,7 +45,8 @@ def markdown(results: dict) -> str:
     for task, ratio in s["speedup_vs_eager_fp32"].items():
         target = "2x vs reference" if task == "pretrain" else "1.5x"
         lines.append(
-            f"- {task}: best mode {s['best_mode'][task]}, {ratio:.2f}x its eager fp32 (target {target})"
+            f"- {task}: best mode {s['best_mode'][task]}, {ratio:.2f}x its eager fp32"
+            f" (target {target})"
         )
     lines.append(
         f"- loader: {max(results['loader_images_per_s'].values()):.0f} images/s best, "
