@@ -42,8 +42,11 @@ def test_reference_mae_matches_lensperf_mae_semantics():
 
 def test_train_step_rate_and_flops():
     images = torch.rand(4, 1, 64, 64)
-    result = train_step_rate(MAE(SMALL), lambda m: m(images)[0], 4, device=torch.device("cpu"),
-                             amp=False, compile_=False, warmup=1, windows=3, steps_per_window=1)  # fmt: skip
+    timing = dict(warmup=1, windows=3, steps_per_window=1)
+    cpu = torch.device("cpu")
+    result = train_step_rate(
+        MAE(SMALL), lambda m: m(images)[0], 4, device=cpu, amp=False, compile_=False, **timing
+    )
     assert result["images_per_s"] > 0 and len(result["windows"]) == 3
     assert sorted(result["windows"])[1] == pytest.approx(result["images_per_s"], rel=0.01)
     per_image = flops_per_image(MAE(SMALL), lambda m: m(images)[0], 4)
