@@ -50,38 +50,33 @@ _non_negative_int = _int_at_least(0)
 # ---------------------------------------------------------------- data commands
 
 
-def cmd_simulate(args: argparse.Namespace) -> None:
+def _simulate(args: argparse.Namespace, sr: bool) -> None:
     from lensperf.config import load_config
-    from lensperf.simulate.config import SimulationConfig
-    from lensperf.simulate.runner import default_workers, simulate_classification
+    from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
+    from lensperf.simulate.runner import default_workers, simulate_classification, simulate_sr
 
+    # The flags are shorthands for config overrides, applied after the positional ones.
+    count_key, count = ("n", args.n) if sr else ("n_per_class", args.n_per_class)
     overrides = list(args.overrides)
-    if args.n_per_class is not None:
-        overrides.append(f"n_per_class={args.n_per_class}")
+    if count is not None:
+        overrides.append(f"{count_key}={count}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    config = load_config(SimulationConfig, resolve_config(args.config, "data"), overrides)
-    out = simulate_classification(
-        config, args.out, workers=args.workers or default_workers(), overwrite=args.overwrite
-    )
-    print(f"wrote {out}: {3 * config.n_per_class} images ({config.name}, seed {config.seed})")
+    config_type = SRSimulationConfig if sr else SimulationConfig
+    config = load_config(config_type, resolve_config(args.config, "data"), overrides)
+    simulate = simulate_sr if sr else simulate_classification
+    workers = args.workers or default_workers()
+    out = simulate(config, args.out, workers=workers, overwrite=args.overwrite)
+    what = f"{config.n} LR/HR pairs" if sr else f"{3 * config.n_per_class} images"
+    print(f"wrote {out}: {what} ({config.name}, seed {config.seed})")
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    _simulate(args, sr=False)
 
 
 def cmd_simulate_sr(args: argparse.Namespace) -> None:
-    from lensperf.config import load_config
-    from lensperf.simulate.config import SRSimulationConfig
-    from lensperf.simulate.runner import default_workers, simulate_sr
-
-    overrides = list(args.overrides)
-    if args.n is not None:
-        overrides.append(f"n={args.n}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    config = load_config(SRSimulationConfig, resolve_config(args.config, "data"), overrides)
-    out = simulate_sr(
-        config, args.out, workers=args.workers or default_workers(), overwrite=args.overwrite
-    )
-    print(f"wrote {out}: {config.n} LR/HR pairs ({config.name}, seed {config.seed})")
+    _simulate(args, sr=True)
 
 
 def cmd_import(args: argparse.Namespace) -> None:
