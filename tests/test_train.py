@@ -248,3 +248,15 @@ def test_two_process_torchrun_on_cpu(stores, tmp_path):
     no_sub_train = 24 - 2  # 24 per class, 2 in val (10%, rounded)
     assert state["step"] == no_sub_train // 2 // 4
     assert (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("device_kernels", [False, True], ids=["torch-path", "kernels"])
+def test_ops_attention_paths_agree(device_kernels, monkeypatch):
+    """lensperf.ops picks explicit matmuls on CPU (or the kernel); both equal SDPA."""
+    from lensperf import ops
+
+    monkeypatch.setenv("LENSPERF_KERNELS", "1" if device_kernels else "0")
+    q, k, v = (torch.randn(2, 3, 17, 16, dtype=torch.float64).float() for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(ops.attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
+    assert ops.kernels_active(q) == device_kernels
