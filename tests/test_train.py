@@ -235,11 +235,19 @@ def test_wrong_store_kind_for_the_task(stores, tmp_path):
     assert "this needs a sr store" in result.stderr
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_process_torchrun_on_cpu(stores, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29533", "-m", "lensperf", "pretrain", "--config", "demo",
+           f"--master_port={_free_port()}", "-m", "lensperf", "pretrain", "--config", "demo",
            *pretrain_overrides(stores, out, "epochs=1", "data.batch_size=4")]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
