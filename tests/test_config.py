@@ -111,3 +111,15 @@ def test_cli_reports_config_errors_on_one_line(tmp_path):
     assert "lens.einstein_radus: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_training_recipes_load_and_check_the_schedule():
+    from lensperf.train.config import CONFIG_TYPES
+
+    for section, config_type in CONFIG_TYPES.items():
+        for recipe in ("demo", "cpu", "gpu"):
+            load_config(config_type, CONFIGS / section / f"{recipe}.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIG_TYPES["pretrain"], CONFIGS / "pretrain" / "demo.yaml",
+                    ["epochs=2", "optim.warmup_epochs=3"])  # fmt: skip
+    assert info.value.key == "optim.warmup_epochs"

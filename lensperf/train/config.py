@@ -63,6 +63,15 @@ class RuntimeConfig:
         require(self.threads >= 0, "threads", "must be non-negative")
 
 
+def _check_schedule(config) -> None:
+    require(config.epochs >= 1, "epochs", "must be at least 1")
+    require(
+        config.optim.warmup_epochs <= config.epochs,
+        "optim.warmup_epochs",
+        f"must not exceed epochs={config.epochs}",
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class PretrainConfig:
     name: str = "pretrain"
@@ -74,7 +83,7 @@ class PretrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self):
-        require(self.epochs >= 1, "epochs", "must be at least 1")
+        _check_schedule(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +101,7 @@ class FinetuneClsConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self):
-        require(self.epochs >= 1, "epochs", "must be at least 1")
+        _check_schedule(self)
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
 
 
@@ -111,7 +120,7 @@ class FinetuneSRConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self):
-        require(self.epochs >= 1, "epochs", "must be at least 1")
+        _check_schedule(self)
         require(self.features >= 4, "features", "must be at least 4")
 
 
