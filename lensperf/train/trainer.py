@@ -198,6 +198,7 @@ class Trainer:
         metrics = self._finish(time.perf_counter() - start)
         if self.world > 1:
             dist.barrier()
+            dist.destroy_process_group()
         return metrics
 
     def _train_epoch(self, step_model, epoch: int, total: int, warmup: int) -> bool:
