@@ -106,9 +106,14 @@ class SubhaloConfig:
     slope: float = 1.9  # dN/dm ~ m^-slope
     radius_min: float = 0.25
     radius_max: float = 2.0
+    # Calibrated: point masses at their nominal Einstein radii barely touch the image (median
+    # largest pixel change 0.002), while the real cdm sample differs from no_sub by 0.003 on
+    # average and up to 0.25. Presets scale each subhalo's Einstein radius by this factor.
+    theta_e_scale: float = 1.0
 
     def __post_init__(self):
         require(self.count >= 1, "count", "must be at least 1")
+        require(self.theta_e_scale > 0, "theta_e_scale", "must be positive")
         require(0 < self.mass_min < self.mass_max, "mass_min", "must be in (0, mass_max)")
         require(self.slope != 1.0, "slope", "must not be 1 (the sampler uses m^(1-slope))")
         require(0 <= self.radius_min < self.radius_max, "radius_min", "must be in [0, radius_max)")

@@ -97,9 +97,8 @@ class SceneSampler:
         mass = (c.mass_min**a + u * (c.mass_max**a - c.mass_min**a)) ** (1.0 / a)
         radius = rng.uniform(c.radius_min, c.radius_max, size=c.count)
         angle = rng.uniform(0, 2 * np.pi, size=c.count)
-        return np.stack(
-            [radius * np.cos(angle), radius * np.sin(angle), self.point_mass_theta_e(mass)], axis=1
-        )
+        theta_e = self.point_mass_theta_e(mass) * c.theta_e_scale
+        return np.stack([radius * np.cos(angle), radius * np.sin(angle), theta_e], axis=1)
 
     def _vortex(self, rng: np.random.Generator) -> tuple[np.ndarray, float]:
         v = self.axion
