@@ -268,3 +268,13 @@ def test_ops_attention_paths_agree(device_kernels, monkeypatch):
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(ops.attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
     assert ops.kernels_active(q) == device_kernels
+
+
+def test_patchify_round_trip():
+    from lensperf.models.mae import patchify, unpatchify
+
+    images = torch.rand(2, 3, 32, 48)
+    patches = patchify(images, 8)
+    assert patches.shape == (2, 4 * 6, 8 * 8 * 3)
+    assert torch.equal(unpatchify(patches, 8, (4, 6), 3), images)
+    assert torch.equal(patches[0, 1, : 8 * 8 * 3].reshape(8, 8, 3)[..., 0], images[0, 0, :8, 8:16])
