@@ -63,6 +63,9 @@ def reconstructions(model, loader, path: Path, n: int = 6) -> None:
     recon = unpatchify(pred.float(), p, grid, images.shape[1]).clamp(0, 1)
     mask_img = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p).float(), p, grid, 1)
     masked = images * (1 - mask_img)
+    # The loss covers removed patches only, so predictions on visible ones mean nothing: paste
+    # the visible input back, as MAE's own figures do.
+    recon = masked + recon * mask_img
     fig, axes = plt.subplots(3, len(images), figsize=(1.8 * len(images), 5.6))
     for j in range(len(images)):
         for i, (name, img) in enumerate(
