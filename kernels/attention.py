@@ -113,6 +113,18 @@ if HAS_TRITON:
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
         tl.store(DELTA_ptr + offs, delta, mask=offs < rows)
 
+    @triton.jit
+    def _probs_and_dscores(q, k, v, do, lse2, delta, offs_m, offs_n, N, qk_scale,
+                           EVEN_N: tl.constexpr):  # fmt: skip
+        """Recomputed softmax P (BLOCK_M, BLOCK_N) and dS = P * (dO V^T - Delta), float32;
+        both zero outside the N x N scores."""
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        p = tl.exp2(s - lse2[:, None])
+        if not EVEN_N:
+            p = tl.where((offs_m[:, None] < N) & (offs_n[None, :] < N), p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        return p, p * (dp - delta[:, None])
+
     @_tuned
     @triton.jit
     def _attn_bwd_dkdv_kernel(
@@ -142,13 +154,10 @@ if HAS_TRITON:
             m_ok = offs_m < N
             lse2 = tl.load(LSE_ptr + bh * N + offs_m, mask=m_ok, other=0.0) * 1.4426950408889634
             delta = tl.load(DELTA_ptr + bh * N + offs_m, mask=m_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            p = tl.exp2(s - lse2[:, None])
-            if not EVEN_N:
-                p = tl.where(m_ok[:, None] & (offs_n[None, :] < N), p, 0.0)
+            p, ds = _probs_and_dscores(
+                q, k, v, do, lse2, delta, offs_m, offs_n, N, qk_scale, EVEN_N
+            )
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision="ieee")
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-            ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
         ptrs = base + offs_n[:, None] * HEAD_DIM + d[None, :]
         if EVEN_N:
@@ -187,12 +196,9 @@ if HAS_TRITON:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             k = _load_rows(K_ptr + base, offs_n, N, HEAD_DIM, EVEN_N)
             v = _load_rows(V_ptr + base, offs_n, N, HEAD_DIM, EVEN_N)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            p = tl.exp2(s - lse2[:, None])
-            if not EVEN_N:
-                p = tl.where(m_ok[:, None] & (offs_n[None, :] < N), p, 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-            ds = p * (dp - delta[:, None])
+            _, ds = _probs_and_dscores(
+                q, k, v, do, lse2, delta, offs_m, offs_n, N, qk_scale, EVEN_N
+            )
             dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
         ptrs = DQ_ptr + base + offs_m[:, None] * HEAD_DIM + d[None, :]
         if EVEN_N:
