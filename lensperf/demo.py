@@ -18,7 +18,7 @@ from lensperf.simulate.runner import default_workers, simulate_classification, s
 from lensperf.train.run import evaluate, train
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEMO_N_PER_CLASS = 600
+DEMO_N_PER_CLASS = 2000
 DEMO_SR_PAIRS = 300
 
 
