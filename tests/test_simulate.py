@@ -69,7 +69,8 @@ def test_subhalo_mass_function_and_radii(sampler_and_renderer):
     assert len(rows) == 400 * c.count
     radius = np.hypot(rows[:, 0], rows[:, 1])
     assert radius.min() >= c.radius_min and radius.max() <= c.radius_max
-    mass = (rows[:, 2] / sampler.point_mass_theta_e(np.array([1.0]))[0]) ** 2
+    unit = sampler.point_mass_theta_e(np.array([1.0]))[0] * c.theta_e_scale
+    mass = (rows[:, 2] / unit) ** 2
     assert mass.min() >= c.mass_min * (1 - 1e-9) and mass.max() <= c.mass_max * (1 + 1e-9)
     # Maximum-likelihood slope of a truncated power law (10k draws: sd ~0.01).
     grid = np.linspace(1.5, 2.3, 801)
