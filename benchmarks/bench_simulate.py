@@ -3,6 +3,8 @@
 Full-size times follow as N / (rate * workers); benchmarks/full_size_data.py measures them.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,9 +17,10 @@ from lensperf.simulate.runner import (
     _render_classification,
     _render_sr,
 )
-from tests.conftest import CONFIGS
 
 CHUNK = 64
+# Not tests.conftest: importing it would switch the Triton interpreter on for this process.
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.mark.parametrize("class_name", CLASSES)
