@@ -74,6 +74,6 @@ def upscale(model: SuperResolution, lr_images) -> torch.Tensor:
     return model(_images(lr_images).to(_device(model))).clamp(0, 1)
 
 
-def reconstruct(model: MAE, images) -> torch.Tensor:
+def reconstruct(model: MAE, images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MAE loss, predicted patches and mask for `images` (a look at what pretraining learned)."""
     return model(_images(images).to(_device(model)))
