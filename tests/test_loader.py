@@ -9,7 +9,7 @@ from lensperf.data import make_loader
 from lensperf.data.augment import apply_flags
 from lensperf.data.plan import EpochPlan
 from lensperf.data.reader import StoreReader
-from lensperf.data.torch_backend import TorchLoader
+from lensperf.data.dali_backend import DaliLoader
 from lensperf.errors import DataError
 from lensperf.store import CLASSIFICATION, SR, StoreWriter
 
@@ -152,10 +152,34 @@ def _symmetry_of(image, original):
     return None
 
 
-@pytest.mark.parametrize("backend, workers", [("torch", 0), ("torch", 2), ("dali", 2)])
+def test_apply_flags_matches_per_image_numpy():
+    images = np.random.default_rng(1).random((64, 2, 5, 5), dtype=np.float32)
+    flags = np.array([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(8)] * 8, np.uint8)
+    got = apply_flags(images, flags)
+    for image, (flip_h, flip_v, transpose), out in zip(images, flags, got):
+        want = np.flip(image, 2) if flip_h else image
+        want = np.flip(want, 1) if flip_v else want
+        want = np.swapaxes(want, 1, 2) if transpose else want
+        assert np.array_equal(out, want)
+    assert len({out.tobytes() for out in got[:8]}) == 8  # eight distinct symmetries
+
+
+def _make(store, backend, workers, **kw):
+    """make_loader, plus "dali-graph": DALI with its graph's operators (the GPU path) on CPU."""
+    if backend != "dali-graph":
+        return make_loader(store, "train", backend=backend, num_workers=workers, **kw)
+    reader = StoreReader(store, "train")
+    plan = EpochPlan(n=reader.length, chunk=reader.chunk, batch_size=kw.pop("batch_size"),
+                     seed=kw.pop("seed", 0))  # fmt: skip
+    return DaliLoader(reader, plan, num_workers=workers, graph_ops=True, **kw)
+
+
+@pytest.mark.parametrize(
+    "backend, workers", [("torch", 0), ("torch", 2), ("dali", 2), ("dali-graph", 1)]
+)
 def test_backends_give_the_same_samples(cls_store, backend, workers):
-    kw = dict(batch_size=32, seed=9, augment=True, normalize=(0.5, 0.25))
-    loader = make_loader(cls_store, "train", backend=backend, num_workers=workers, **kw)
+    kw = dict(batch_size=32, seed=9, augment=True, normalize=(0.5, 0.3))
+    loader = _make(cls_store, backend, workers, **dict(kw))
     for epoch in range(2):
         got, want = list(loader), list(_epoch(cls_store, epoch, **kw))
         assert len(got) == len(want)
@@ -171,10 +195,15 @@ def _epoch(store, epoch, **kw):
     return loader
 
 
-def test_dali_sr_batches(sr_store):
-    loader = make_loader(sr_store, "train", batch_size=16, backend="dali", augment=True)
-    batch = next(iter(loader))
-    assert batch["lr"].shape == (16, 1, SIZE, SIZE) and batch["hr"].shape == (16, 1, 16, 16)
+@pytest.mark.parametrize("backend", ["dali", "dali-graph"])
+def test_dali_sr_batches(sr_store, backend):
+    kw = dict(batch_size=16, augment=True, seed=2)
+    loader = _make(sr_store, backend, 1, **dict(kw))
+    want = list(make_loader(sr_store, "train", backend="memory", **kw))
+    got = list(loader)
+    assert got[0]["lr"].shape == (16, 1, SIZE, SIZE) and got[0]["hr"].shape == (16, 1, 16, 16)
+    assert len(got) == len(want)
+    assert all(torch.equal(g[k], w[k]) for g, w in zip(got, want) for k in w)
     loader.close()
 
 
@@ -207,9 +236,42 @@ class DyingReader(StoreReader):
 
 
 def test_dead_worker_gives_a_clear_error(cls_store):
+    # The torch backend's workers are threads of this process; DALI's worker is a process.
     reader = DyingReader(cls_store, "train")
-    loader = TorchLoader(
-        reader, EpochPlan(n=reader.length, chunk=CHUNK, batch_size=8), num_workers=1
-    )
+    loader = DaliLoader(reader, EpochPlan(n=reader.length, chunk=CHUNK, batch_size=8))
     with pytest.raises(DataError, match="data loading failed"):
         list(loader)
+
+
+def test_prefetcher_hands_out_in_order_and_restarts_on_a_jump():
+    from lensperf.data.prefetch import Prefetcher
+
+    built = []
+
+    def build(key):
+        built.append(key)
+        return {"key": key}
+
+    plan = EpochPlan(n=40, chunk=8, batch_size=10)  # 4 batches an epoch
+    prefetcher = Prefetcher(build, plan.next_key, threads=2, depth=3)
+    keys = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]
+    assert [prefetcher.get(k)["key"] for k in keys] == keys
+    assert prefetcher.get((5, 2))["key"] == (5, 2)  # not built ahead: dropped, started again
+    assert prefetcher.get((5, 3))["key"] == (5, 3)
+    prefetcher.close()
+    assert (0, 0) in built and (6, 0) in built  # built ahead across the epoch boundary
+
+
+def test_prefetcher_passes_a_build_error_to_its_batch():
+    from lensperf.data.prefetch import Prefetcher
+
+    def build(key):
+        if key == (0, 2):
+            raise DataError("damaged data in chunk 3")
+        return {"key": key}
+
+    prefetcher = Prefetcher(build, lambda k: (k[0], k[1] + 1), threads=2)
+    assert prefetcher.get((0, 0))["key"] == (0, 0) and prefetcher.get((0, 1))["key"] == (0, 1)
+    with pytest.raises(DataError, match="chunk 3"):
+        prefetcher.get((0, 2))
+    prefetcher.close()

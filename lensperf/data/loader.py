@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from lensperf.data.augment import apply_flags, normalise
+from lensperf.data.augment import apply_flags, normalise_
 from lensperf.data.plan import EpochPlan
 from lensperf.data.reader import StoreReader
 from lensperf.errors import DataError
@@ -42,10 +43,42 @@ def build_batch(
             rows[name] = apply_flags(rows[name], flags)
     if normalize is not None:
         for name in reader.image_names:
-            rows[name] = normalise(rows[name], *normalize)
+            rows[name] = normalise_(rows[name], *normalize)  # rows are this batch's own
     out = {OUTPUT_NAMES[k]: v for k, v in rows.items() if k in OUTPUT_NAMES}
     out["index"] = indices
     return out
+
+
+class StoreBatches(Dataset):
+    """Item (epoch, batch) -> that batch in numpy (`build_batch`); the latest epoch's order is
+    kept, since every batch of an epoch needs it. Safe to call from several threads. Also a
+    torch Dataset, for users who want their own DataLoader (with batch_size=None)."""
+
+    def __init__(
+        self,
+        reader: StoreReader,
+        plan: EpochPlan,
+        *,
+        augment: bool,
+        normalize: tuple[float, float] | None,
+        arrays: dict | None = None,
+    ):
+        self.reader, self.plan, self.arrays = reader, plan, arrays
+        self.augment, self.normalize = augment, normalize
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, order), swapped whole
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
+        epoch, batch = key
+        cached = self._order
+        if cached is None or cached[0] != epoch:
+            cached = self._order = (epoch, self.plan.order(epoch))
+        return build_batch(
+            self.reader, self.plan, epoch, batch, augment=self.augment,
+            normalize=self.normalize, order=cached[1], arrays=self.arrays,
+        )  # fmt: skip
 
 
 class Loader:

@@ -69,6 +69,11 @@ class EpochPlan:
         n = self.shard_length()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def next_key(self, key: tuple[int, int]) -> tuple[int, int]:
+        """The (epoch, batch) after `key`: the next batch, or the next epoch's first."""
+        epoch, batch = key
+        return (epoch, batch + 1) if batch + 1 < len(self) else (epoch + 1, 0)
+
     def batch_indices(self, epoch: int, batch: int, order: np.ndarray | None = None) -> np.ndarray:
         order = self.order(epoch) if order is None else order
         return order[batch * self.batch_size : (batch + 1) * self.batch_size]

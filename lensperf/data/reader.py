@@ -1,17 +1,25 @@
 """Batch reads from a store, opened lazily (so a reader can be pickled to worker processes),
-with a small cache of decoded chunks: a window of chunks is decoded once, not once a batch."""
+with a cache of decoded chunks: a window of chunks is decoded once, not once a batch.
+
+Several threads may read at once (the loaders build batches ahead on threads): the cache hands
+each chunk to the first thread that asks, and later askers wait for that decode instead of
+repeating it. Decoding releases the GIL, so the threads really run in parallel.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
+from lensperf.chunk_files import ChunkFiles
 from lensperf.errors import DataError
 from lensperf.store import ARRAYS, CLASSIFICATION, open_store, read_rows
 
-CACHE_CHUNKS = 16  # per array: two windows of 8 chunks
+CACHE_CHUNKS = 48  # per array: six windows of 8 chunks, for batches being built ahead
 
 
 class StoreReader:
@@ -26,13 +34,21 @@ class StoreReader:
         self.chunk = int(arrays[self.names[0]].chunks[0])
         self.shapes = {name: tuple(a.shape[1:]) for name, a in arrays.items()}
         self._arrays = None
+        self._chunk_files = None
         self._small_arrays = None
-        self._cache: OrderedDict = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], Future] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_arrays"], state["_small_arrays"], state["_cache"] = None, None, OrderedDict()
+        state["_arrays"], state["_chunk_files"] = None, None
+        state["_small_arrays"], state["_cache"] = None, OrderedDict()
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def image_names(self) -> tuple[str, ...]:
@@ -45,16 +61,39 @@ class StoreReader:
             self._arrays = {name: group[f"{self.split}/{name}"] for name in self.names}
         return self._arrays
 
+    def _direct(self) -> dict:
+        """Direct chunk-file readers for the image arrays (None where zarr must read)."""
+        with self._lock:
+            if self._chunk_files is None:
+                arrays = self._open()
+                self._chunk_files = {n: ChunkFiles.for_array(arrays[n]) for n in self.image_names}
+            return self._chunk_files
+
     def _chunk(self, name: str, c: int) -> np.ndarray:
         key = (name, c)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        rows = read_rows(self._open()[name], slice(c * self.chunk, (c + 1) * self.chunk))
-        self._cache[key] = rows
-        if len(self._cache) > CACHE_CHUNKS * len(self.names):
-            self._cache.popitem(last=False)
-        return rows
+        with self._lock:
+            entry = self._cache.get(key)
+            owner = entry is None
+            if owner:
+                entry = self._cache[key] = Future()
+                if len(self._cache) > CACHE_CHUNKS * len(self.image_names):
+                    self._cache.popitem(last=False)  # holders of its future keep the rows
+            else:
+                self._cache.move_to_end(key)
+        if owner:
+            try:
+                entry.set_result(self._decode(name, c))
+            except BaseException as error:
+                with self._lock:
+                    self._cache.pop(key, None)  # let a later read try again
+                entry.set_exception(error)
+        return entry.result()
+
+    def _decode(self, name: str, c: int) -> np.ndarray:
+        direct = self._direct()[name]
+        if direct is not None:
+            return direct.read(c)
+        return read_rows(self._open()[name], slice(c * self.chunk, (c + 1) * self.chunk))
 
     def _small(self) -> dict[str, np.ndarray]:
         """Per-sample arrays (labels, masses: 12 bytes a sample) held whole: reading them chunk
