@@ -7,9 +7,9 @@ import torch
 
 from lensperf.data import make_loader
 from lensperf.data.augment import apply_flags
+from lensperf.data.dali_backend import DaliLoader
 from lensperf.data.plan import EpochPlan
 from lensperf.data.reader import StoreReader
-from lensperf.data.dali_backend import DaliLoader
 from lensperf.errors import DataError
 from lensperf.store import CLASSIFICATION, SR, StoreWriter
 

@@ -32,4 +32,3 @@ def normalise_(images: np.ndarray, mean: float, std: float) -> np.ndarray:
     images -= np.float32(mean)
     images /= np.float32(std)  # a division, as DALI's graph does: the same bits
     return images
-
