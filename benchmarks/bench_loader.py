@@ -117,16 +117,18 @@ def test_lensperf_loader(benchmark, stores, backend, workers, task, augment):
 def ratio_table(request):
     """After the module: each lensperf loader over the per-file loader's best, like for like."""
     yield
-    report = request.config.pluginmanager.get_plugin("terminalreporter")
-    if report is None or not RATES:
+    plugins = request.config.pluginmanager
+    report, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if report is None or capture is None or not RATES:
         return
-    report.write_line(
-        "\nloader | workers | augment | images/s | x best per-file npy (same augment)"
-    )
+    lines = ["", "loader | workers | augment | images/s | x best per-file npy (same augment)"]
     for (task, name, workers, augment), rate in sorted(RATES.items(), key=str):
         base = max(
             (r for (t, n, _, a), r in RATES.items() if n == "per-file npy" and a == augment),
             default=None,
         )
         ratio = f"{rate / base:.1f}x" if base and task == "classification" else "-"
-        report.write_line(f"{task} {name} | {workers} | {augment} | {rate:,.0f} | {ratio}")
+        lines.append(f"{task} {name} | {workers} | {augment} | {rate:,.0f} | {ratio}")
+    with capture.global_and_fixture_disabled():
+        for line in lines:
+            report.write_line(line)
