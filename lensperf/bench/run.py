@@ -29,6 +29,7 @@ from lensperf.bench.measure import flops_per_image, matmul_peak, train_step_rate
 from lensperf.bench.reference_mae import ReferenceMAE
 from lensperf.models import MAE, Classifier, MAEConfig, SuperResolution, ViTConfig, ViTEncoder
 from lensperf.progress import progress
+from lensperf.train.trainer import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[2]
 # The issue's reference size: ViT 192-d, 6 blocks, 64x64 images, patch 8, mask 0.75.
@@ -119,13 +120,17 @@ def _workloads(settings: Settings) -> dict:
     }
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs in hardware here. Without it (a CPU with no AVX-512-BF16/AMX) torch
+    emulates bf16 matmuls: the bf16 modes then take tens of minutes and measure nothing useful."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+
+
 def _modes(device: torch.device) -> list[tuple[str, bool, bool, bool]]:
     """(name, bf16 autocast, compile, Triton kernels)."""
-    modes = [
-        ("eager_fp32", False, False, False),
-        ("compiled_fp32", False, True, False),
-        ("compiled_bf16", True, True, False),
-    ]
+    modes = [("eager_fp32", False, False, False), ("compiled_fp32", False, True, False)]
+    if native_bf16(device):
+        modes.append(("compiled_bf16", True, True, False))
     if device.type == "cuda":
         modes.append(("compiled_bf16_kernels", True, True, True))
     return modes
@@ -158,10 +163,9 @@ def throughput(settings: Settings) -> dict:
 
 def flops(settings: Settings, rates: dict) -> dict:
     workloads = _workloads(settings)
-    peaks = {
-        "fp32": matmul_peak(settings.device, torch.float32),
-        "bf16": matmul_peak(settings.device, torch.bfloat16),
-    }
+    peaks = {"fp32": matmul_peak(settings.device, torch.float32)}
+    if native_bf16(settings.device):
+        peaks["bf16"] = matmul_peak(settings.device, torch.bfloat16)
     out = {"matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "tasks": {}}
     for task in ("pretrain", "finetune_cls", "finetune_sr"):
         make, loss_fn, batch = workloads[task]
@@ -202,7 +206,7 @@ def loader_rate(settings: Settings, workdir: Path) -> dict:
 
 
 def profile_step(settings: Settings, out: Path) -> None:
-    """Top operators of one compiled bf16 MAE step: where the time goes."""
+    """Top operators of one MAE step (bf16 where native): where the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
     make, loss_fn, _ = _workloads(settings)["pretrain"]
@@ -210,7 +214,8 @@ def profile_step(settings: Settings, out: Path) -> None:
     activities = [ProfilerActivity.CPU] + (
         [ProfilerActivity.CUDA] if settings.device.type == "cuda" else []
     )
-    with torch.autocast(settings.device.type, dtype=torch.bfloat16):
+    amp = native_bf16(settings.device)
+    with torch.autocast(settings.device.type, dtype=torch.bfloat16, enabled=amp):
         loss_fn(model).backward()  # warm-up outside the profile
         with profile(activities=activities) as prof:
             loss_fn(model).backward()

@@ -35,7 +35,9 @@ def markdown(results: dict) -> str:
     peak = results["flops"]["matmul_peak_tflops"]
     lines += [
         "",
-        f"Measured matmul peak: fp32 {peak['fp32']:.2f} TFLOP/s, bf16 {peak['bf16']:.2f} TFLOP/s.",
+        "Measured matmul peak: "
+        + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in peak.items())
+        + ("" if "bf16" in peak else " (no native bf16 here: the bf16 modes were skipped)."),
         "",
         "## Summary",
         "",
