@@ -107,6 +107,22 @@ def test_summary_ratios_and_report(tmp_path):
     json.dumps(results)
 
 
+def test_bf16_modes_only_where_bf16_is_native(monkeypatch, tmp_path):
+    import lensperf.bench.run as bench_run
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(bench_run, "cpu_has_bf16", lambda native=native: native)
+        names = [mode[0] for mode in bench_run._modes(cpu)]
+        assert ("compiled_bf16" in names) is native and "compiled_fp32" in names
+    results = fake_results()
+    for modes in results["throughput"].values():
+        modes.pop("compiled_bf16", None)
+    results["flops"]["matmul_peak_tflops"].pop("bf16")
+    results["summary"] = summarize(results)
+    assert "the bf16 modes were skipped" in markdown(results)
+
+
 @pytest.mark.slow
 def test_bench_quick_end_to_end(tmp_path):
     result = run_cli("bench", "--quick", "--out", tmp_path / "b", timeout=1800)
