@@ -10,7 +10,7 @@ def apply_flags(images_BCHW: np.ndarray, flags_B3: np.ndarray) -> np.ndarray:
     """Each image flipped and transposed as its flags say (in that order), as a new array.
 
     The images are grouped by their three flags (at most eight groups) and each group is
-    transformed with whole-array views: a loop over 256 images cost 4 ms a batch, this 0.5.
+    transformed with whole-array views: a loop over 256 images cost 4.4 ms a batch, this 1.5.
     """
     out = np.empty_like(images_BCHW)
     codes = flags_B3.astype(np.int64) @ np.array([4, 2, 1])
