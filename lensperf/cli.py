@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lensperf import interrupts
 from lensperf.errors import ConfigError, LensperfError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -319,16 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM takes the same clean-up path as Ctrl-C: temporary outputs are removed.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        args.func(args)
+        with interrupts.handled():
+            args.func(args)
     except LensperfError as error:
         print(f"lensperf: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,49 @@
+"""An interrupt that C code drops (as numba's ctypes callbacks do) is raised again at the next
+progress update, so long work still stops and cleans up."""
+
+import ctypes
+import os
+import signal
+
+import pytest
+
+from lensperf import interrupts
+from lensperf.progress import progress
+
+# The dropped KeyboardInterrupt is reported as unraisable; here that is the point.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)
+
+
+def _signal_inside_c_callback(signum: int) -> None:
+    """Deliver `signum` while Python runs a ctypes callback, where a raised exception is lost."""
+
+    def callback(value):
+        os.kill(os.getpid(), signum)
+        for _ in range(1000):  # bytecode boundaries at which the handler runs
+            pass
+        return value
+
+    ctypes.cast(CALLBACK(callback), CALLBACK)(0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_dropped_interrupt_is_raised_at_next_progress_update(signum):
+    with interrupts.handled():
+        _signal_inside_c_callback(signum)  # the KeyboardInterrupt raised in there is dropped
+        bar = progress(total=2)
+        with pytest.raises(KeyboardInterrupt):
+            bar.update(1)
+        bar.close()
+
+
+def test_handlers_are_restored_and_progress_runs_on_afterwards(monkeypatch):
+    monkeypatch.setenv("LENSPERF_PROGRESS", "1")  # an enabled bar counts its updates
+    before = signal.getsignal(signal.SIGTERM)
+    with interrupts.handled():
+        _signal_inside_c_callback(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with progress(total=1) as bar:
+        bar.update(1)
+    assert bar.n == 1
