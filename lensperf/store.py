@@ -12,6 +12,7 @@ Blosc codec (zstd, before LZ4) read the same: the codec is in each array's metad
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync as zarr_sync
 
 from lensperf.errors import DataError
 
@@ -74,6 +76,7 @@ class StoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
+            _wait_for_zarr_writes()
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         self._commit()
@@ -103,6 +106,21 @@ class StoreWriter:
         os.rename(self.tmp, self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _wait_for_zarr_writes(timeout: float = 30.0) -> None:
+    """Let writes still running on zarr's IO thread finish.
+
+    An interrupt that lands while the main thread waits on a zarr write stops the wait, not the
+    write: without this, chunk files written after the temporary store is removed recreate it.
+    """
+
+    async def others_done() -> None:
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    zarr_sync(others_done())
 
 
 def check_output_path(out: Path, overwrite: bool) -> None:

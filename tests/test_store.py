@@ -1,8 +1,10 @@
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from zarr.core.sync import _get_loop as zarr_sync_loop
 
 from lensperf.errors import DataError
 from lensperf.store import (
@@ -88,6 +90,22 @@ def test_failed_write_leaves_nothing(tmp_path):
         with StoreWriter(out, kind=CLASSIFICATION) as writer:
             writer.create("train", "images", (10, 1, 4, 4), "float32", 4)[:] = 0.5
             raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_during_a_zarr_write_leaves_nothing(tmp_path):
+    # An interrupt stops the main thread's wait on a zarr write, not the write itself, which
+    # goes on in zarr's IO thread; started here without waiting, as the interrupt leaves it.
+    out = tmp_path / "s.zarr"
+    images = np.random.default_rng(0).random((2048, 1, 64, 64), dtype=np.float32)
+    with pytest.raises(KeyboardInterrupt):
+        with StoreWriter(out, kind=CLASSIFICATION) as writer:
+            array = writer.create("train", "images", images.shape, "float32", 64)
+            write = asyncio.run_coroutine_threadsafe(
+                array._async_array.setitem(slice(None), images), zarr_sync_loop()
+            )
+            raise KeyboardInterrupt
+    assert write.done()  # the writer waited for it before removing the temporary store
     assert list(tmp_path.iterdir()) == []
 
 
