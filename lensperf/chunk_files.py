@@ -2,7 +2,8 @@
 
 Reading one chunk through zarr costs about 3 ms, of which decoding is under 1: the rest is
 zarr's asynchronous machinery, paid once per call. A loader reads whole chunks, so it can open
-the chunk file itself and undo the codecs lensperf writes (bytes, Blosc, CRC32C) in 0.4 ms.
+the chunk file itself and undo the codecs lensperf writes: a CRC32C check, and Blosc where the
+store was written compressed (0.23 ms a 1 MiB chunk raw, 0.59 ms with Blosc-LZ4).
 `ChunkFiles.for_array` returns None for any other layout (another codec chain, a sharded or
 remote store), and the caller then reads through zarr: this is a shortcut, never a second format.
 """
@@ -31,14 +32,18 @@ class ChunkFiles:
         self.chunk_shape = tuple(self.metadata.chunk_grid.chunk_shape)
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.fill_value = array.fill_value
+        self.compressed = any(isinstance(c, BloscCodec) for c in self.metadata.codecs)
 
     @classmethod
     def for_array(cls, array: zarr.Array) -> ChunkFiles | None:
         """A direct reader when `array` is laid out the way lensperf writes it, else None."""
         metadata = array.metadata
         codecs = getattr(metadata, "codecs", ())
-        expected = (BytesCodec, BloscCodec, Crc32cCodec)
-        if len(codecs) != 3 or not all(isinstance(c, t) for c, t in zip(codecs, expected)):
+        chains = ((BytesCodec, BloscCodec, Crc32cCodec), (BytesCodec, Crc32cCodec))
+        if not any(
+            len(codecs) == len(chain) and all(isinstance(c, t) for c, t in zip(codecs, chain))
+            for chain in chains
+        ):
             return None
         if getattr(codecs[0].endian, "value", "little") != "little":
             return None
@@ -73,6 +78,10 @@ class ChunkFiles:
         stored = int.from_bytes(data[-4:], "little") if len(data) >= 4 else None
         if stored != google_crc32c.value(body):
             raise DataError(f"damaged data in {path}: the chunk's checksum does not match")
+        if not self.compressed:
+            if body.nbytes != np.prod(self.chunk_shape) * self.dtype.itemsize:
+                raise DataError(f"damaged data in {path}: the chunk holds the wrong size")
+            return body.view(self.dtype).reshape(self.chunk_shape)  # read-only, no copy
         out = np.empty(self.chunk_shape, self.dtype)
         # Blosc's header holds the decoded size at bytes 4-8; a smaller one would leave rows unset.
         if int.from_bytes(body[4:8], "little") != out.nbytes:

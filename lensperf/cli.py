@@ -66,7 +66,9 @@ def _simulate(args: argparse.Namespace, sr: bool) -> None:
     config = load_config(config_type, resolve_config(args.config, "data"), overrides)
     simulate = simulate_sr if sr else simulate_classification
     workers = args.workers or default_workers()
-    out = simulate(config, args.out, workers=workers, overwrite=args.overwrite)
+    out = simulate(
+        config, args.out, workers=workers, overwrite=args.overwrite, compress=args.compress
+    )
     what = f"{config.n} LR/HR pairs" if sr else f"{3 * config.n_per_class} images"
     print(f"wrote {out}: {what} ({config.name}, seed {config.seed})")
 
@@ -91,6 +93,7 @@ def cmd_import(args: argparse.Namespace) -> None:
         skip_bad=args.skip_bad,
         normalise=args.normalise,
         overwrite=args.overwrite,
+        compress=args.compress,
     )
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
     print(f"wrote {report.out}: {report.kind} store ({counts})")
@@ -167,7 +170,16 @@ def _add_common_sim_args(p: argparse.ArgumentParser, default_config: str) -> Non
     )
     p.add_argument("--seed", type=_non_negative_int, help="overrides the config's seed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    _add_compress_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def _add_compress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compress",
+        action="store_true",
+        help="Blosc-LZ4 chunks: 14%% smaller on lens images, 2.5x slower to load (default: raw)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalise", action="store_true", help="min-max normalise each image to [0, 1]"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    _add_compress_arg(p)
     p.set_defaults(func=cmd_import)
 
     p = data_commands.add_parser(

@@ -242,6 +242,7 @@ def import_classification(
     skip_bad: bool,
     normalise: bool,
     overwrite: bool,
+    compress: bool = False,
 ) -> ImportReport:
     files, labels = find_classification_files(src)
     size = _first_readable(
@@ -256,7 +257,7 @@ def import_classification(
             raise BadFile(files[i], f"shape {image.shape} differs from {(size, size)}")
         return image, mass
 
-    with StoreWriter(out, kind=CLASSIFICATION, overwrite=overwrite) as writer:
+    with StoreWriter(out, kind=CLASSIFICATION, overwrite=overwrite, compress=compress) as writer:
         writer.set_attrs(
             classes=list(CLASSES),
             image_size=size,
@@ -287,7 +288,14 @@ def import_classification(
 
 
 def import_sr(
-    src: Path, out: Path, *, val_fraction: float, seed: int, skip_bad: bool, overwrite: bool
+    src: Path,
+    out: Path,
+    *,
+    val_fraction: float,
+    seed: int,
+    skip_bad: bool,
+    overwrite: bool,
+    compress: bool = False,
 ) -> ImportReport:
     report = ImportReport(out=out, kind=SR)
     pairs = find_sr_pairs(src, skip_bad, report.skipped)
@@ -309,7 +317,7 @@ def import_sr(
             raise BadFile(hr_path, f"shape {hr.shape} differs from {(hr_size, hr_size)}")
         return lr, hr
 
-    with StoreWriter(out, kind=SR, overwrite=overwrite) as writer:
+    with StoreWriter(out, kind=SR, overwrite=overwrite, compress=compress) as writer:
         writer.set_attrs(
             lr_size=lr_size,
             hr_size=hr_size,
@@ -352,6 +360,7 @@ def import_tree(
     skip_bad: bool = False,
     normalise: bool = False,
     overwrite: bool = False,
+    compress: bool = False,
 ) -> ImportReport:
     """Import the DeepLense tree `src` into the store `out` (see the module docstring)."""
     src, out = Path(src), Path(out)
@@ -362,8 +371,9 @@ def import_tree(
     kind = kind or detect_kind(src)
     if kind == SR:
         return import_sr(
-            src, out, val_fraction=val_fraction, seed=seed, skip_bad=skip_bad, overwrite=overwrite
-        )
+            src, out, val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
+            overwrite=overwrite, compress=compress,
+        )  # fmt: skip
     return import_classification(
         src,
         out,
@@ -372,4 +382,5 @@ def import_tree(
         skip_bad=skip_bad,
         normalise=normalise,
         overwrite=overwrite,
+        compress=compress,
     )

@@ -5,9 +5,10 @@ Layout (see shared/docs/design.md):
       train/images (N, 1, H, W) float32 in [0, 1]   train/labels (N,) int64
       train/axion_mass (N,) float32, NaN where not axion
       val/...                                         (SR stores: train/lr, train/hr, val/...)
-Each array is chunked along N only, compressed with Blosc-LZ4 and checksummed with CRC32C, so a
-damaged chunk raises DataError instead of being read as garbage. Stores written with another
-Blosc codec (zstd, before LZ4) read the same: the codec is in each array's metadata.
+Each array is chunked along N only and checksummed with CRC32C, so a damaged chunk raises
+DataError instead of being read as garbage. Chunks are stored raw unless the writer is asked to
+compress them (Blosc-LZ4; see `_codecs` for why raw is the default). Stores written with Blosc
+(LZ4 or zstd, by earlier versions) read the same: the codecs are in each array's metadata.
 """
 
 from __future__ import annotations
@@ -45,24 +46,31 @@ def chunk_length(sample_shape: tuple[int, ...], itemsize: int = 4) -> int:
     return 1 << (n.bit_length() - 1)
 
 
-def _codecs() -> list:
-    # Byte shuffle groups the float32 exponents together. LZ4, not zstd: on noisy 64x64 lens
-    # images zstd-3 kept 79.5% of the bytes and LZ4 84%, but LZ4 decodes 3x faster (0.26 vs
-    # 0.83 ms a 1 MiB chunk), and decoding is most of what a loader does.
-    return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()]
+def _codecs(compress: bool) -> list:
+    # Lens images are noisy floats and compress poorly: Blosc-LZ4 with byte shuffle keeps 86%
+    # of the bytes of DeepLense's own Model II images (zstd-3: 79.5%, decoding 3x slower). A
+    # loader reads a 1 MiB chunk in 0.23 ms raw and 0.59 ms through LZ4, which put the torch
+    # loader at 7.3x the per-file loader instead of 11.2x. So chunks are raw unless asked.
+    if compress:
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()]
+    return [Crc32cCodec()]
 
 
 class StoreWriter:
     """Writes a store under a hidden temporary name and renames it into place on success.
 
     Use as a context manager: on any exception (KeyboardInterrupt included) the temporary store
-    is removed and an existing store at `out` is left untouched.
+    is removed and an existing store at `out` is left untouched. `compress` stores chunks with
+    Blosc-LZ4 (14% smaller on lens images, 2.5x slower to read); by default they are raw.
     """
 
-    def __init__(self, out: str | Path, *, kind: str, overwrite: bool = False):
+    def __init__(
+        self, out: str | Path, *, kind: str, overwrite: bool = False, compress: bool = False
+    ):
         self.out = Path(out)
         self.kind = kind
         self.overwrite = overwrite
+        self.compress = compress
         check_output_path(self.out, overwrite)
         self.tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
         self.group: zarr.Group | None = None
@@ -93,7 +101,7 @@ class StoreWriter:
             shape=shape,
             chunks=(max(1, min(chunk_len, shape[0] or 1)),) + tuple(shape[1:]),
             dtype=dtype,
-            compressors=_codecs(),
+            compressors=_codecs(self.compress),
             fill_value=fill,
         )
 

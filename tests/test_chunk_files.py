@@ -15,8 +15,10 @@ def _images(store):
     return zarr.open_group(str(store), mode="r")["train/images"]
 
 
-def test_every_chunk_equals_zarr_including_the_ragged_last(tmp_path):
-    images = write_store(tmp_path / "s.zarr", n=200, chunk=32)  # 6 full chunks and 8 rows
+@pytest.mark.parametrize("compress", [False, True])
+def test_every_chunk_equals_zarr_including_the_ragged_last(tmp_path, compress):
+    # 6 full chunks and 8 rows
+    images = write_store(tmp_path / "s.zarr", n=200, chunk=32, compress=compress)
     array = _images(tmp_path / "s.zarr")
     direct = ChunkFiles.for_array(array)
     assert direct is not None
@@ -36,6 +38,7 @@ def test_a_missing_chunk_reads_as_the_fill_value(tmp_path):
     assert np.isnan(array[32:64]).all()  # what zarr says too
 
 
+@pytest.mark.parametrize("compress", [False, True])
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -44,8 +47,8 @@ def test_a_missing_chunk_reads_as_the_fill_value(tmp_path):
         (lambda b: b"", "checksum"),
     ],
 )
-def test_damaged_chunks_raise_data_error(tmp_path, damage, message):
-    write_store(tmp_path / "s.zarr")
+def test_damaged_chunks_raise_data_error(tmp_path, damage, message, compress):
+    write_store(tmp_path / "s.zarr", compress=compress)
     path = tmp_path / "s.zarr" / "train" / "images" / "c" / "2" / "0" / "0" / "0"
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(DataError, match=message):
@@ -78,13 +81,16 @@ def test_threads_reading_at_once_decode_each_chunk_once(tmp_path, monkeypatch):
     assert sorted(decoded) == list(range(8))  # 8 chunks, each decoded by one thread only
 
 
-def test_a_chunk_of_the_wrong_size_is_refused(tmp_path):
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_chunk_of_the_wrong_size_is_refused(tmp_path, compress):
     import google_crc32c
     from numcodecs import Blosc
 
-    write_store(tmp_path / "s.zarr")
+    write_store(tmp_path / "s.zarr", compress=compress)
     path = tmp_path / "s.zarr" / "train" / "images" / "c" / "2" / "0" / "0" / "0"
-    body = Blosc(cname="lz4").encode(np.zeros(10, np.float32))  # valid Blosc, valid checksum
+    body = np.zeros(10, np.float32).tobytes()
+    if compress:
+        body = Blosc(cname="lz4").encode(np.zeros(10, np.float32))  # valid Blosc
     path.write_bytes(body + google_crc32c.value(body).to_bytes(4, "little"))
     with pytest.raises(DataError, match="wrong size"):
         ChunkFiles.for_array(_images(tmp_path / "s.zarr")).read(2)

@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+import zarr
 
 from .conftest import ROOT, run_cli
 
@@ -62,10 +63,14 @@ def test_simulate_inspect_round_trip(tmp_path):
 
 def test_simulate_sr_cli(tmp_path):
     out = tmp_path / "sr.zarr"
-    result = run_cli("data", "simulate-sr", "--out", out, "--n", "4", "--workers", "1")
+    result = run_cli(
+        "data", "simulate-sr", "--out", out, "--n", "4", "--workers", "1", "--compress"
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     text = run_cli("data", "inspect", out).stdout
     assert "pixels_lr: shape (1, 75, 75)" in text and "pixels_hr: shape (1, 150, 150)" in text
+    codecs = zarr.open_group(str(out), mode="r")["train/hr"].metadata.codecs
+    assert any(type(c).__name__ == "BloscCodec" for c in codecs)
 
 
 @pytest.mark.parametrize(

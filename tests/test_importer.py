@@ -192,3 +192,24 @@ def test_cli_import_and_errors(tmp_path):
     missing = run_cli("data", "import", tmp_path / "nope", "--out", tmp_path / "b.zarr")
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
     assert "Traceback" not in missing.stderr + again.stderr
+
+
+def test_cli_import_compress_writes_the_same_samples_with_blosc(tmp_path):
+    make_tree(tmp_path / "src", per_class=3)
+    for name, flags in (("raw.zarr", []), ("lz4.zarr", ["--compress"])):
+        result = run_cli("data", "import", tmp_path / "src", "--out", tmp_path / name, *flags)
+        assert result.returncode == 0, result.stderr
+    codecs = {
+        name: [
+            type(c).__name__ for c in open_store(tmp_path / name)["train/images"].metadata.codecs
+        ]
+        for name in ("raw.zarr", "lz4.zarr")
+    }
+    assert codecs == {
+        "raw.zarr": ["BytesCodec", "Crc32cCodec"],
+        "lz4.zarr": ["BytesCodec", "BloscCodec", "Crc32cCodec"],
+    }
+    raw, lz4 = stored_samples(tmp_path / "raw.zarr"), stored_samples(tmp_path / "lz4.zarr")
+    assert sorted(raw) == sorted(lz4)
+    masses = [[samples[key] for key in sorted(raw)] for samples in (raw, lz4)]
+    assert np.array_equal(*masses, equal_nan=True)  # NaN: not an axion image

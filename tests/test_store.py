@@ -18,10 +18,12 @@ from lensperf.store import (
 )
 
 
-def write_store(out: Path, n: int = 200, size: int = 16, chunk: int = 32) -> np.ndarray:
+def write_store(
+    out: Path, n: int = 200, size: int = 16, chunk: int = 32, compress: bool = False
+) -> np.ndarray:
     rng = np.random.default_rng(0)
     images = rng.random((n, 1, size, size), dtype=np.float32)
-    with StoreWriter(out, kind=CLASSIFICATION) as writer:
+    with StoreWriter(out, kind=CLASSIFICATION, compress=compress) as writer:
         writer.set_attrs(classes=["no_sub", "cdm", "axion"], image_size=size, source="test")
         for split, rows in (("train", images), ("val", images[:10])):
             writer.create(split, "images", rows.shape, "float32", chunk)[:] = rows
@@ -73,15 +75,17 @@ def test_a_batch_touches_only_its_chunks(tmp_path):
     np.testing.assert_array_equal(read_rows(open_store(out)["train/images"], batch), images[batch])
 
 
-def test_store_is_not_larger_than_raw_float32(tmp_path):
+@pytest.mark.parametrize("compress", [False, True])
+def test_chunks_are_raw_plus_checksum_unless_compressed(tmp_path, compress):
     out = tmp_path / "s.zarr"
     y, x = np.indices((64, 64))
     r = np.hypot(y - 31.5, x - 31.5)
     rings = np.stack([np.exp(-0.5 * ((r - 10 - k % 5) / 2) ** 2) for k in range(256)])
-    with StoreWriter(out, kind=CLASSIFICATION) as writer:
+    with StoreWriter(out, kind=CLASSIFICATION, compress=compress) as writer:
         writer.create("train", "images", (256, 1, 64, 64), "float32", 64)[:] = rings[:, None]
     stored = sum(p.stat().st_size for p in chunk_files(out, "train/images"))
-    assert stored < rings.astype(np.float32).nbytes
+    raw = rings.astype(np.float32).nbytes + 4 * 4  # 4 chunks, each with a 4-byte CRC32C
+    assert stored < raw if compress else stored == raw
 
 
 def test_failed_write_leaves_nothing(tmp_path):

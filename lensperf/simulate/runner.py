@@ -112,7 +112,12 @@ def default_workers() -> int:
 
 
 def simulate_classification(
-    config: SimulationConfig, out: str | Path, *, workers: int = 1, overwrite: bool = False
+    config: SimulationConfig,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    compress: bool = False,
 ) -> Path:
     """Simulate n_per_class images of each class into the classification store `out`."""
     n = config.n_per_class
@@ -123,7 +128,7 @@ def simulate_classification(
     splits = dict(
         zip(("train", "val"), stratified_split(classes, config.val_fraction, config.seed))
     )
-    with StoreWriter(out, kind=CLASSIFICATION, overwrite=overwrite) as writer:
+    with StoreWriter(out, kind=CLASSIFICATION, overwrite=overwrite, compress=compress) as writer:
         writer.set_attrs(
             classes=list(CLASSES),
             image_size=size,
@@ -146,7 +151,12 @@ def simulate_classification(
 
 
 def simulate_sr(
-    config: SRSimulationConfig, out: str | Path, *, workers: int = 1, overwrite: bool = False
+    config: SRSimulationConfig,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    compress: bool = False,
 ) -> Path:
     """Simulate n (LR, HR) pairs of no_sub lenses into the super-resolution store `out`."""
     hr_size = config.instrument.num_pix
@@ -154,7 +164,7 @@ def simulate_sr(
     chunk = chunk_length((1, hr_size, hr_size))
     zeros = np.zeros(config.n, dtype=np.int64)
     splits = dict(zip(("train", "val"), stratified_split(zeros, config.val_fraction, config.seed)))
-    with StoreWriter(out, kind=SR, overwrite=overwrite) as writer:
+    with StoreWriter(out, kind=SR, overwrite=overwrite, compress=compress) as writer:
         writer.set_attrs(
             lr_size=lr_size,
             hr_size=hr_size,
