@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lensperf.data import make_loader
-from lensperf.data.augment import apply_flags
+from lensperf.data.augment import apply_flags, flag_codes, take
 from lensperf.data.dali_backend import DaliLoader
 from lensperf.data.plan import EpochPlan
 from lensperf.data.reader import StoreReader
@@ -152,16 +152,33 @@ def _symmetry_of(image, original):
     return None
 
 
-def test_apply_flags_matches_per_image_numpy():
+@pytest.mark.parametrize("by_rows", [True, False])
+def test_symmetries_match_per_image_numpy(by_rows):
     images = np.random.default_rng(1).random((64, 2, 5, 5), dtype=np.float32)
     flags = np.array([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(8)] * 8, np.uint8)
-    got = apply_flags(images, flags)
+    order = np.random.default_rng(2).permutation(64)
+    images, flags = images[order], flags[order]
+    got = take(images, np.arange(64), flag_codes(flags), by_rows)
     for image, (flip_h, flip_v, transpose), out in zip(images, flags, got):
         want = np.flip(image, 2) if flip_h else image
         want = np.flip(want, 1) if flip_v else want
         want = np.swapaxes(want, 1, 2) if transpose else want
         assert np.array_equal(out, want)
-    assert len({out.tobytes() for out in got[:8]}) == 8  # eight distinct symmetries
+    assert len({out.tobytes() for out in got}) == 64  # eight distinct symmetries of each
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_store_reads_by_rows_and_by_chunks_agree(cls_store, augment):
+    reader = StoreReader(cls_store, "train")
+    indices = np.random.default_rng(3).permutation(reader.length)[:40]
+    flags = np.random.default_rng(4).integers(0, 2, (40, 3), dtype=np.uint8)
+    codes = flag_codes(flags) if augment else None
+    by_rows, by_chunks = reader.read(indices, codes, True), reader.read(indices, codes, False)
+    want = reader.read_all()["images"][indices]
+    assert np.array_equal(by_rows["images"], apply_flags(want, flags) if augment else want)
+    assert by_rows.keys() == by_chunks.keys()
+    for name in by_rows:
+        np.testing.assert_array_equal(by_rows[name], by_chunks[name])  # NaN masses equal
 
 
 def _make(store, backend, workers, **kw):

@@ -35,7 +35,7 @@ class _Source:
         self.plan = loader.plan
         self.batches = StoreBatches(
             loader.reader, loader.plan, augment=loader.augment and not graph_ops,
-            normalize=None if graph_ops else loader.normalize,
+            normalize=None if graph_ops else loader.normalize, threads=loader.num_workers,
         )  # fmt: skip
         self.graph_ops, self.graph_flags = graph_ops, loader.augment and graph_ops
         self.threads = loader.num_workers

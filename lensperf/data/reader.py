@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lensperf.chunk_files import ChunkFiles
+from lensperf.data.augment import take_transformed, transform_grouped
 from lensperf.errors import DataError
 from lensperf.store import ARRAYS, CLASSIFICATION, open_store, read_rows
 
@@ -107,17 +108,27 @@ class StoreReader:
             }
         return self._small_arrays
 
-    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """{array name: rows at `indices`} in the order given."""
+    def read(
+        self, indices: np.ndarray, codes: list[int] | None = None, by_rows: bool = True
+    ) -> dict[str, np.ndarray]:
+        """{array name: rows at `indices`} in the order given, each image transformed by
+        SYMMETRIES[codes[i]] when `codes` (augment.flag_codes) are given. `by_rows`: see
+        augment.py for when copying image by image is faster than by chunk."""
         indices = np.asarray(indices, dtype=np.int64)
         chunk_of = indices // self.chunk
+        local = indices - chunk_of * self.chunk
         out = {name: values[indices] for name, values in self._small().items()}
         for name in self.image_names:
             rows = np.empty((len(indices),) + self.shapes[name], dtype=self._open()[name].dtype)
-            for c in np.unique(chunk_of):
+            chunks = {c: self._chunk(name, c) for c in np.unique(chunk_of).tolist()}
+            if by_rows:
+                sources = (chunks[c][i] for c, i in zip(chunk_of.tolist(), local.tolist()))
+                out[name] = take_transformed(rows, sources, codes or [0] * len(indices))
+                continue
+            for c, values in chunks.items():
                 where = np.flatnonzero(chunk_of == c)
-                rows[where] = self._chunk(name, int(c))[indices[where] - c * self.chunk]
-            out[name] = rows
+                rows[where] = values[local[where]]
+            out[name] = rows if codes is None else transform_grouped(rows, codes)
         return out
 
     def class_mask(self, classes: tuple[str, ...]) -> np.ndarray:
