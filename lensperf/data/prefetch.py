@@ -1,8 +1,8 @@
 """Batches built ahead on threads, handed out in order.
 
-Building a batch is decode (Blosc, which releases the GIL), gathers and copies (numpy, which
-releases it for arrays this size): threads overlap them (1.2-1.3x with two on 2 cores here),
-and a batch never crosses a process boundary. On the 2-core CPU a torch DataLoader's worker
+Building a batch is chunk reads (which release the GIL) and copies (numpy, which releases it
+for arrays this size): threads overlap them with the training step, and a batch never crosses
+a process boundary. On the 2-core CPU a torch DataLoader's worker
 processes topped out near 40k images/s on 4 MB batches of nothing at all, the cost of moving
 each batch through shared memory.
 """
