@@ -2,9 +2,9 @@
 
 Building a batch is chunk reads (which release the GIL) and copies (numpy, which releases it
 for arrays this size): threads overlap them with the training step, and a batch never crosses
-a process boundary. On the 2-core CPU a torch DataLoader's worker
-processes topped out near 40k images/s on 4 MB batches of nothing at all, the cost of moving
-each batch through shared memory.
+a process boundary. On the 2-core CPU a torch DataLoader's worker processes topped out near
+40k images/s on 4 MB batches of nothing at all, the cost of moving each batch through shared
+memory.
 """
 
 from __future__ import annotations
