@@ -10,6 +10,7 @@ update does) to raise it again.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,7 +25,10 @@ def _handle(signum, frame):
 @contextmanager
 def handled() -> Iterator[None]:
     """Route SIGINT and SIGTERM through `_handle` inside the block, then restore the previous
-    handlers (main thread only, as `signal` requires)."""
+    handlers. Off the main thread, where `signal` cannot install handlers, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _received.clear()
     previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

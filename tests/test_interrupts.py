@@ -47,3 +47,18 @@ def test_handlers_are_restored_and_progress_runs_on_afterwards(monkeypatch):
     with progress(total=1) as bar:
         bar.update(1)
     assert bar.n == 1
+
+
+def test_off_the_main_thread_handlers_are_left_alone():
+    import threading
+
+    before, seen = signal.getsignal(signal.SIGTERM), []
+
+    def run():
+        with interrupts.handled():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == [before]
