@@ -121,7 +121,10 @@ def test_interrupted_simulation_leaves_nothing(tmp_path):
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    # 130, or killed by SIGINT, which a shell also reports as 130: CPython ends that way when a
+    # KeyboardInterrupt passed through any PyRun_String call (as C extensions make), even one
+    # caught later (seen once in 40 interrupts at 0.8-1.2 s).
+    assert proc.returncode in (130, -signal.SIGINT)
     assert "interrupted" in stderr
     assert list(tmp_path.iterdir()) == []
 
