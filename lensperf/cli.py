@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_commands.add_parser(
         "inspect",
         help="counts, pixel statistics and a sample grid of a store",
-        description="Print counts per split and class, pixel statistics and the axion-mass "
-        "range of a store; optionally write a PNG grid of samples per class.",
+        description="Print bytes on disk and chunk codecs, counts per split and class, pixel "
+        "statistics and the axion-mass range of a store; optionally write a PNG grid of "
+        "samples per class.",
     )
     p.add_argument("store", type=Path, help="a store, DIR.zarr")
     p.add_argument("--png", type=Path, help="write a grid of samples to this PNG")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from lensperf.store import CLASSIFICATION, SPLITS, open_store, read_rows, split_length
+from lensperf.store import ARRAYS, CLASSIFICATION, SPLITS, open_store, read_rows, split_length
 
 STATS_SAMPLE = 4096  # images per split for pixel statistics: enough for 3 digits, fast on 89k
 
@@ -21,6 +21,7 @@ def summarize(path: str | Path) -> dict:
         "kind": attrs["kind"],
         "source": attrs.get("source"),
         "seed": attrs.get("seed"),
+        "storage": _storage(Path(path), group, attrs["kind"]),
         "splits": {},
     }
     for split in SPLITS:
@@ -43,6 +44,18 @@ def summarize(path: str | Path) -> dict:
     return summary
 
 
+def _storage(path: Path, group: zarr.Group, kind: str) -> dict:
+    """Bytes on disk against the arrays' raw bytes, and the image arrays' codecs."""
+    arrays = [group[f"{split}/{name}"] for split in SPLITS for name in ARRAYS[kind]]
+    return {
+        "bytes_on_disk": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
+        "raw_bytes": sum(a.nbytes for a in arrays),
+        "image_codecs": [
+            type(c).__name__.removesuffix("Codec").lower() for c in arrays[0].metadata.codecs
+        ],
+    }
+
+
 def _pixel_stats(array: zarr.Array, n: int) -> dict:
     if n == 0:
         return {}
@@ -61,7 +74,13 @@ def _pixel_stats(array: zarr.Array, n: int) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{summary['path']}: {summary['kind']} store, {summary['source']}"]
+    storage = summary["storage"]
+    lines = [
+        f"{summary['path']}: {summary['kind']} store, {summary['source']}",
+        f"  storage: {storage['bytes_on_disk'] / 1e6:.1f} MB on disk for"
+        f" {storage['raw_bytes'] / 1e6:.1f} MB of arrays"
+        f" (image chunks: {' + '.join(storage['image_codecs'])})",
+    ]
     for split, entry in summary["splits"].items():
         head = f"  {split}: {entry['count']} samples"
         if "per_class" in entry:
