@@ -34,8 +34,9 @@ def make_loader(
 ) -> Loader:
     """An iterable of batches (dicts of tensors on `device`) over `split` of `store`.
 
-    backend: "dali" (a DALI pipeline fed by parallel workers), "torch" (a DataLoader with
-    `num_workers` workers) or "memory" (the whole split in RAM, batches built in-process).
+    backend: "dali" (a DALI pipeline fed by a parallel worker process building batches on
+    `num_workers` threads), "torch" (batches built in this process, `num_workers` threads
+    ahead; 0: when asked for) or "memory" (the whole split in RAM, built the same way).
     Every backend gives the same samples in the same order for the same seed. `classes`
     restricts a classification split to those classes (empty: all).
     """
