@@ -126,7 +126,8 @@ class DaliLoader(Loader):
             batch_size=self.plan.batch_size, num_threads=2,
             device_id=torch.cuda.current_device() if on_gpu else None,
             py_num_workers=1, py_start_method="spawn",
-            prefetch_queue_depth=self.prefetch, exec_dynamic=True,
+            prefetch_queue_depth=self.prefetch,
+            exec_dynamic=True,  # _to_torch's zero-copy outputs depend on it
         )  # fmt: skip
         pipe.build()
         return pipe
@@ -163,6 +164,7 @@ class DaliLoader(Loader):
 
 
 def _to_torch(output) -> torch.Tensor:
-    """A DALI batch as one torch tensor: through DLPack, copied once (DALI reuses its buffers)."""
-    tensor = output.as_tensor()
-    return torch.from_dlpack(tensor).clone()
+    """A DALI batch as one torch tensor through DLPack, without a copy: the dynamic executor
+    (exec_dynamic=True) keeps an output's buffer alive while anything refers to it, as DALI's
+    own PyTorch iterator relies on. The copy this once made halved the CPU pipeline's rate."""
+    return torch.from_dlpack(output.as_tensor())
