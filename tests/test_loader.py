@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lensperf.data import make_loader
-from lensperf.data.augment import apply_flags, flag_codes, take
+from lensperf.data.augment import apply_flags, flag_codes, gather, take
 from lensperf.data.dali_backend import DaliLoader
 from lensperf.data.plan import EpochPlan
 from lensperf.data.reader import StoreReader
@@ -152,33 +152,55 @@ def _symmetry_of(image, original):
     return None
 
 
-@pytest.mark.parametrize("by_rows", [True, False])
-def test_symmetries_match_per_image_numpy(by_rows):
+@pytest.mark.parametrize("normalize", [None, (0.25, 0.3)])
+def test_symmetries_match_per_image_numpy(normalize):
     images = np.random.default_rng(1).random((64, 2, 5, 5), dtype=np.float32)
     flags = np.array([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(8)] * 8, np.uint8)
     order = np.random.default_rng(2).permutation(64)
     images, flags = images[order], flags[order]
-    got = take(images, np.arange(64), flag_codes(flags), by_rows)
-    for image, (flip_h, flip_v, transpose), out in zip(images, flags, got):
-        want = np.flip(image, 2) if flip_h else image
+    rows = np.random.default_rng(3).permutation(64)  # gathered out of order, as from a chunk
+    got = take(images, rows, flag_codes(flags), normalize)
+    for r, (flip_h, flip_v, transpose), out in zip(rows, flags, got):
+        want = np.flip(images[r], 2) if flip_h else images[r]
         want = np.flip(want, 1) if flip_v else want
         want = np.swapaxes(want, 1, 2) if transpose else want
-        assert np.array_equal(out, want)
+        if normalize is not None:
+            want = (want - np.float32(0.25)) * (np.float32(1) / np.float32(0.3))
+        assert out.dtype == np.float32 and np.array_equal(out, want)
     assert len({out.tobytes() for out in got}) == 64  # eight distinct symmetries of each
 
 
+def test_symmetries_of_non_square_images_are_refused():
+    images = np.zeros((4, 1, 6, 5), np.float32)
+    assert take(images, np.arange(4), np.array([0, 2, 4, 6])).shape == (4, 1, 6, 5)  # flips
+    with pytest.raises(DataError, match="square"):
+        take(images, np.arange(4), np.array([0, 1, 0, 0]))
+
+
+def test_gather_checks_every_index():
+    src, out = np.zeros((5, 1, 4, 4), np.float32), np.zeros((3, 1, 4, 4), np.float32)
+    ok = dict(positions=np.arange(3), rows=np.arange(3), codes=np.zeros(3, int))
+    for name, bad in [("rows", [0, 1, 5]), ("rows", [-1, 0, 1]), ("positions", [0, 1, 3]),
+                      ("codes", [0, 8, 0])]:  # fmt: skip
+        args = {**ok, name: np.array(bad)}
+        with pytest.raises(DataError, match="out of range"):
+            gather(out, src, args["positions"], args["rows"], args["codes"], None)
+    with pytest.raises(DataError, match="alike"):
+        gather(out, np.zeros((5, 1, 4, 3), np.float32), *ok.values(), None)
+
+
 @pytest.mark.parametrize("augment", [False, True])
-def test_store_reads_by_rows_and_by_chunks_agree(cls_store, augment):
+def test_store_reads_match_numpy(cls_store, augment):
     reader = StoreReader(cls_store, "train")
     indices = np.random.default_rng(3).permutation(reader.length)[:40]
     flags = np.random.default_rng(4).integers(0, 2, (40, 3), dtype=np.uint8)
     codes = flag_codes(flags) if augment else None
-    by_rows, by_chunks = reader.read(indices, codes, True), reader.read(indices, codes, False)
-    want = reader.read_all()["images"][indices]
-    assert np.array_equal(by_rows["images"], apply_flags(want, flags) if augment else want)
-    assert by_rows.keys() == by_chunks.keys()
-    for name in by_rows:
-        np.testing.assert_array_equal(by_rows[name], by_chunks[name])  # NaN masses equal
+    got = reader.read(indices, codes, normalize=(0.5, 2.0))
+    stored = reader.read_all()
+    want = stored["images"][indices]
+    want = (apply_flags(want, flags) if augment else want) - np.float32(0.5)
+    assert np.array_equal(got["images"], want * np.float32(0.5))
+    assert np.array_equal(got["labels"], stored["labels"][indices])
 
 
 def _make(store, backend, workers, **kw):

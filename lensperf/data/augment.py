@@ -1,11 +1,20 @@
-"""The lensing symmetries applied in numpy (the torch backend; DALI applies the same flags in
-its graph). Images are (B, C, H, W); flags (B, 3): horizontal flip, vertical flip, transpose."""
+"""The lensing symmetries and the normalisation, applied as a batch is gathered.
+
+Images are (B, C, H, W); flags (B, 3): horizontal flip, vertical flip, transpose, folded into one
+code per image (`flag_codes`). The torch backend and DALI's CPU pipeline apply them with the
+compiled `gather_transform`; DALI's GPU graph applies the same flags with its own operators, and
+`SYMMETRIES` (numpy views) is the reference all of them are tested against.
+
+Normalisation is (x - mean) * (1 / std) in float32, the same two operations on every backend
+(DALI's graph included), so every backend gives the same bits.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
+
+from lensperf.data.gather_kernel import gather_transform
+from lensperf.errors import DataError
 
 
 def _symmetry(code: int):
@@ -23,56 +32,61 @@ def _symmetry(code: int):
 SYMMETRIES = tuple(_symmetry(code) for code in range(8))
 
 
-def flag_codes(flags_B3: np.ndarray) -> list[int]:
+def flag_codes(flags_B3: np.ndarray) -> np.ndarray:
     """Each image's flags as one code in [0, 8), the index into SYMMETRIES."""
-    return (flags_B3.astype(np.int64) @ np.array([4, 2, 1])).tolist()
+    return flags_B3.astype(np.int64) @ np.array([4, 2, 1])
 
 
-# Two ways to gather a batch and apply its symmetries, each the faster one somewhere.
-# By rows: one assignment per image, the gather and the flips in one copy. Grouped: a gather,
-# then each group of images with the same flags transformed with whole-array views, four copies
-# in all but a handful of numpy calls. Building 256 64x64 images with flips on the 2-core CPU
-# (epochs of 8192, medians of 9, side by side): in the loader's own thread by rows 56-62k
-# images/s, grouped 40-46k; on two prefetch threads by rows 43-46k, grouped 52-59k. Per-row
-# copies release and retake the GIL 256 times a batch, and two threads doing so stall each other.
+def apply_flags(images_BCHW: np.ndarray, flags_B3: np.ndarray) -> np.ndarray:
+    """Each image flipped and transposed as its flags say, as a new array (numpy reference)."""
+    return np.stack([SYMMETRIES[c](im) for im, c in zip(images_BCHW, flag_codes(flags_B3))])
 
 
-def take_transformed(out: np.ndarray, rows: Iterable[np.ndarray], codes: list[int]) -> np.ndarray:
-    """out[i] = SYMMETRIES[codes[i]](rows[i]), by rows."""
-    for i, (row, code) in enumerate(zip(rows, codes)):
-        out[i] = SYMMETRIES[code](row)
-    return out
+def normalisation(normalize: tuple[float, float] | None) -> tuple[np.float32, np.float32]:
+    """(shift, scale) for x -> (x - shift) * scale; the identity when `normalize` is None."""
+    if normalize is None:
+        return np.float32(0), np.float32(1)
+    mean, std = normalize
+    return np.float32(mean), np.float32(1) / np.float32(std)
 
 
-def transform_grouped(images: np.ndarray, codes: list[int]) -> np.ndarray:
-    """SYMMETRIES[codes[i]](images[i]) for every i, as a new array, by groups of equal codes."""
-    out = np.empty_like(images)
-    codes_ = np.asarray(codes, dtype=np.int64)
-    for code in np.unique(codes_).tolist():
-        where = np.flatnonzero(codes_ == code)
-        out[where] = SYMMETRIES[code](images[where])
+def gather(
+    out: np.ndarray,
+    src: np.ndarray,
+    positions: np.ndarray,
+    rows: np.ndarray,
+    codes: np.ndarray | None,
+    normalize: tuple[float, float] | None,
+) -> np.ndarray:
+    """out[positions[k]] = normalised SYMMETRIES[codes[k]](src[rows[k]]) for every k, in one
+    compiled pass (no codes: no symmetry). Every index is checked here: the kernel does not."""
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    codes = np.zeros(len(rows), np.int64) if codes is None else np.asarray(codes, np.int64)
+    if not (out.ndim == src.ndim == 4 and out.shape[1:] == src.shape[1:]):
+        raise DataError(f"images must be (n, C, H, W) alike; got {out.shape} and {src.shape}")
+    if not len(positions) == len(rows) == len(codes):
+        raise DataError("positions, rows and codes differ in length")
+    if len(rows) == 0:
+        return out
+    if min(rows.min(), positions.min(), codes.min()) < 0 or rows.max() >= len(src):
+        raise DataError("a row, position or symmetry index is out of range")
+    if positions.max() >= len(out) or codes.max() >= 8:
+        raise DataError("a row, position or symmetry index is out of range")
+    if out.shape[2] != out.shape[3] and (codes & 1).any():
+        raise DataError(f"transposing needs square images; these are {out.shape[2:]}")
+    shift, scale = normalisation(normalize)
+    gather_transform(out, src, positions, rows, codes, out.dtype.type(shift), out.dtype.type(scale))
     return out
 
 
 def take(
-    values: np.ndarray, indices: np.ndarray, codes: list[int] | None, by_rows: bool = True
+    values: np.ndarray,
+    indices: np.ndarray,
+    codes: np.ndarray | None,
+    normalize: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """values[indices], each row transformed by SYMMETRIES[codes[i]] when codes are given."""
-    if codes is None:
-        return values[indices]
-    if not by_rows:
-        return transform_grouped(values[indices], codes)
+    """Images values[indices], each transformed by SYMMETRIES[codes[i]] and normalised, as a
+    new array."""
     out = np.empty((len(indices),) + values.shape[1:], values.dtype)
-    return take_transformed(out, (values[i] for i in indices.tolist()), codes)
-
-
-def apply_flags(images_BCHW: np.ndarray, flags_B3: np.ndarray) -> np.ndarray:
-    """Each image flipped and transposed as its flags say, as a new array."""
-    return take_transformed(np.empty_like(images_BCHW), images_BCHW, flag_codes(flags_B3))
-
-
-def normalise_(images: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """(images - mean) / std in place, for arrays the caller owns (a batch just read)."""
-    images -= np.float32(mean)
-    images /= np.float32(std)  # a division, as DALI's graph does: the same bits
-    return images
+    return gather(out, values, np.arange(len(indices)), indices, codes, normalize)

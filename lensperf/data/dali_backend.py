@@ -2,9 +2,9 @@
 lazily and builds batches ahead on `num_workers` threads) feeds a DALI graph.
 
 On CUDA the graph moves the images to the GPU and applies the augmentation flags and the
-normalisation there. A CPU-only pipeline (device_id=None) leaves them to the worker's numpy
-instead: DALI's CPU flip, transpose and arithmetic ran at 80k, 100k and 104k images/s on
-64x64 batches here (about 40k for all three), slower than the whole store read. Flags come
+normalisation there. A CPU-only pipeline (device_id=None) leaves them to the worker's
+compiled gather instead (augment.py): DALI's CPU flip, transpose and arithmetic ran at 80k, 100k
+and 104k images/s on 64x64 batches here (about 40k for all three). Flags come
 from the plan, not DALI's RNG, so every backend gives the same samples and a resumed run
 repeats an uninterrupted one exactly.
 
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from lensperf.data.augment import normalisation
 from lensperf.data.loader import Loader, StoreBatches
 from lensperf.data.prefetch import Key, Prefetcher
 from lensperf.errors import DataError
@@ -35,7 +36,7 @@ class _Source:
         self.plan = loader.plan
         self.batches = StoreBatches(
             loader.reader, loader.plan, augment=loader.augment and not graph_ops,
-            normalize=None if graph_ops else loader.normalize, threads=loader.num_workers,
+            normalize=None if graph_ops else loader.normalize,
         )  # fmt: skip
         self.graph_ops, self.graph_flags = graph_ops, loader.augment and graph_ops
         self.threads = loader.num_workers
@@ -96,7 +97,8 @@ class DaliLoader(Loader):
         graph_ops = on_gpu if self.graph_ops is None else self.graph_ops
         source = _Source(self, epoch, start, graph_ops)
         image_outputs = [n for n in source.outputs if n != "label"]
-        mean_std = self.normalize
+        normalize = self.normalize
+        shift, scale = normalisation(normalize)
 
         @pipeline_def(enable_conditionals=True)
         def pipeline():
@@ -117,8 +119,8 @@ class DaliLoader(Loader):
                     node = fn.flip(node, horizontal=flip_h, vertical=flip_v)
                     if transpose:
                         node = fn.transpose(node, perm=[0, 2, 1], output_layout="CHW")
-                    if mean_std is not None:
-                        node = (node - mean_std[0]) / mean_std[1]
+                    if normalize is not None:  # the same float32 ops as augment.gather
+                        node = (node - float(shift)) * float(scale)
                 outputs.append(node)
             return (*outputs, named["index"])
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lensperf.data.augment import flag_codes, normalise_, take
+from lensperf.data.augment import flag_codes, take
 from lensperf.data.plan import EpochPlan
 from lensperf.data.reader import StoreReader
 from lensperf.errors import DataError
@@ -32,23 +32,18 @@ def build_batch(
     normalize: tuple[float, float] | None,
     order: np.ndarray | None = None,
     arrays: dict | None = None,
-    by_rows: bool = True,
 ) -> dict[str, np.ndarray]:
-    """One batch in numpy: rows from the store (or from `arrays` held in memory) with the plan's
-    augmentation flags applied as they are gathered, then normalisation, to every image array
-    alike. `by_rows`: how the images are copied (augment.py says when each is faster)."""
+    """One batch in numpy: rows from the store (or from `arrays` held in memory), each image
+    given the plan's symmetry and normalised as it is gathered, LR and HR alike."""
     indices = plan.batch_indices(epoch, batch, order)
     codes = flag_codes(plan.augment_flags(epoch, batch, len(indices))) if augment else None
     if arrays:
         rows = {
-            k: take(v, indices, codes if k in reader.image_names else None, by_rows)
+            k: take(v, indices, codes, normalize) if k in reader.image_names else v[indices]
             for k, v in arrays.items()
         }
     else:
-        rows = reader.read(indices, codes, by_rows)
-    if normalize is not None:
-        for name in reader.image_names:
-            rows[name] = normalise_(rows[name], *normalize)  # rows are this batch's own
+        rows = reader.read(indices, codes, normalize)
     out = {OUTPUT_NAMES[k]: v for k, v in rows.items() if k in OUTPUT_NAMES}
     out["index"] = indices
     return out
@@ -56,9 +51,8 @@ def build_batch(
 
 class StoreBatches(Dataset):
     """Item (epoch, batch) -> that batch in numpy (`build_batch`); the latest epoch's order is
-    kept, since every batch of an epoch needs it. Safe to call from several threads; `threads`
-    says how many will (images are copied by rows below two, see augment.py). Also a torch
-    Dataset, for users who want their own DataLoader (with batch_size=None)."""
+    kept, since every batch of an epoch needs it. Safe to call from several threads. Also a
+    torch Dataset, for users who want their own DataLoader (with batch_size=None)."""
 
     def __init__(
         self,
@@ -68,11 +62,9 @@ class StoreBatches(Dataset):
         augment: bool,
         normalize: tuple[float, float] | None,
         arrays: dict | None = None,
-        threads: int = 1,
     ):
         self.reader, self.plan, self.arrays = reader, plan, arrays
         self.augment, self.normalize = augment, normalize
-        self.by_rows = threads < 2
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, order), swapped whole
 
     def __len__(self) -> int:
@@ -85,7 +77,7 @@ class StoreBatches(Dataset):
             cached = self._order = (epoch, self.plan.order(epoch))
         return build_batch(
             self.reader, self.plan, epoch, batch, augment=self.augment,
-            normalize=self.normalize, order=cached[1], arrays=self.arrays, by_rows=self.by_rows,
+            normalize=self.normalize, order=cached[1], arrays=self.arrays,
         )  # fmt: skip
 
 

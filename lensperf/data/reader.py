@@ -3,9 +3,8 @@ with a cache of decoded chunks: a window of chunks is decoded once, not once a b
 
 Several threads may read at once (the loaders build batches ahead on threads): the cache hands
 each chunk to the first thread that asks, and later askers wait for that decode instead of
-repeating it. File reads, checksums and large copies release the GIL, so the threads overlap
-with the training step; on 2 cores, two threads alone built batches about as fast as the
-loader's own thread (0.9-1.1x; augment.py says why they copy images differently).
+repeating it. File reads, checksums and the compiled gather release the GIL, so the threads overlap
+with the training step and with each other.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lensperf.chunk_files import ChunkFiles
-from lensperf.data.augment import take_transformed, transform_grouped
+from lensperf.data.augment import gather
 from lensperf.errors import DataError
 from lensperf.store import ARRAYS, CLASSIFICATION, open_store, read_rows
 
@@ -110,26 +109,26 @@ class StoreReader:
         return self._small_arrays
 
     def read(
-        self, indices: np.ndarray, codes: list[int] | None = None, by_rows: bool = True
+        self,
+        indices: np.ndarray,
+        codes: np.ndarray | None = None,
+        normalize: tuple[float, float] | None = None,
     ) -> dict[str, np.ndarray]:
         """{array name: rows at `indices`} in the order given, each image transformed by
-        SYMMETRIES[codes[i]] when `codes` (augment.flag_codes) are given. `by_rows`: see
-        augment.py for when copying image by image is faster than by chunk."""
+        SYMMETRIES[codes[i]] when `codes` (augment.flag_codes) are given and normalised when
+        `normalize` (mean, std) is: one compiled pass per chunk the batch touches."""
         indices = np.asarray(indices, dtype=np.int64)
         chunk_of = indices // self.chunk
         local = indices - chunk_of * self.chunk
         out = {name: values[indices] for name, values in self._small().items()}
+        chunk_ids = np.unique(chunk_of).tolist()
         for name in self.image_names:
             rows = np.empty((len(indices),) + self.shapes[name], dtype=self._open()[name].dtype)
-            chunks = {c: self._chunk(name, c) for c in np.unique(chunk_of).tolist()}
-            if by_rows:
-                sources = (chunks[c][i] for c, i in zip(chunk_of.tolist(), local.tolist()))
-                out[name] = take_transformed(rows, sources, codes or [0] * len(indices))
-                continue
-            for c, values in chunks.items():
+            for c in chunk_ids:
                 where = np.flatnonzero(chunk_of == c)
-                rows[where] = values[local[where]]
-            out[name] = rows if codes is None else transform_grouped(rows, codes)
+                some_codes = None if codes is None else codes[where]
+                gather(rows, self._chunk(name, c), where, local[where], some_codes, normalize)
+            out[name] = rows
         return out
 
     def class_mask(self, classes: tuple[str, ...]) -> np.ndarray:

@@ -18,7 +18,7 @@ class TorchLoader(Loader):
         super().__init__(reader, plan, **kw)
         self.dataset = StoreBatches(
             reader, plan, augment=self.augment, normalize=self.normalize,
-            arrays=reader.read_all() if in_memory else None, threads=num_workers,
+            arrays=reader.read_all() if in_memory else None,
         )  # fmt: skip
         self.num_workers = num_workers
         self._prefetcher = None
