@@ -18,7 +18,7 @@ _U = numba.uint64  # an unsigned index: no negative-index wraparound, so the loo
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def gather_transform(out, src, positions, rows, codes, shift, scale):  # pragma: no cover (jit)
+def gather_transform(out, src, positions, rows, codes, shift, scale):
     """out, src: (n, C, H, W); code = 4*flip_h + 2*flip_v + transpose, flips applied first.
 
     Each branch's inner loop writes one output row contiguously; the flip and transpose choice
