@@ -13,6 +13,7 @@ every index before the call.
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 _U = numba.uint64  # an unsigned index: no negative-index wraparound, so the loops vectorise
 
@@ -24,19 +25,25 @@ def gather_transform(out, src, positions, rows, codes, shift, scale):
     Each branch's inner loop writes one output row contiguously; the flip and transpose choice
     is made outside it, so the plain and flipped cases vectorise."""
     C, H, W = out.shape[1], out.shape[2], out.shape[3]
+    image = np.empty((H, W), src.dtype)
     for k in range(positions.shape[0]):
         i, r, code = positions[k], rows[k], codes[k]
         flip_h, flip_v, transpose = (code >> 2) & 1, (code >> 1) & 1, code & 1
         for c in range(C):
             if transpose:  # out[y, x] = flipped[x, y]: a column of the source per output row
+                # Columns are read from a cached copy: straight from memory, reading them cost
+                # 3x as much for 150x150 images (1.4x for 64x64).
+                for y in range(H):
+                    for x in range(W):
+                        image[y, x] = src[r, c, y, x]
                 for y in range(H):
                     sx = _U(W - 1 - y) if flip_h else _U(y)
                     if flip_v:
                         for x in range(W):
-                            out[i, c, y, x] = (src[r, c, _U(H - 1 - x), sx] - shift) * scale
+                            out[i, c, y, x] = (image[_U(H - 1 - x), sx] - shift) * scale
                     else:
                         for x in range(W):
-                            out[i, c, y, x] = (src[r, c, x, sx] - shift) * scale
+                            out[i, c, y, x] = (image[x, sx] - shift) * scale
             else:
                 for y in range(H):
                     sy = _U(H - 1 - y) if flip_v else _U(y)
