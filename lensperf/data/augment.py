@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lensperf.data.gather_kernel import gather_transform
+from lensperf.data.gather_kernel import NOT_SQUARE, OUT_OF_RANGE, gather_transform
 from lensperf.errors import DataError
 
 
@@ -59,25 +59,25 @@ def gather(
     normalize: tuple[float, float] | None,
 ) -> np.ndarray:
     """out[positions[k]] = normalised SYMMETRIES[codes[k]](src[rows[k]]) for every k, in one
-    compiled pass (no codes: no symmetry). Every index is checked here: the kernel does not."""
-    positions = np.ascontiguousarray(positions, dtype=np.int64)
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    codes = np.zeros(len(rows), np.int64) if codes is None else np.asarray(codes, np.int64)
+    compiled pass (no codes: no symmetry). A bad index is an error before anything is copied."""
+    n = len(rows)
+    codes = np.zeros(n, np.int64) if codes is None else codes
     if not (out.ndim == src.ndim == 4 and out.shape[1:] == src.shape[1:]):
         raise DataError(f"images must be (n, C, H, W) alike; got {out.shape} and {src.shape}")
-    if not len(positions) == len(rows) == len(codes):
+    if not len(positions) == n == len(codes):
         raise DataError("positions, rows and codes differ in length")
-    if len(rows) == 0:
-        return out
-    if min(rows.min(), positions.min(), codes.min()) < 0 or rows.max() >= len(src):
+    shift, scale = (out.dtype.type(v) for v in normalisation(normalize))
+    status = gather_transform(out, src, _ints(positions), _ints(rows), _ints(codes), shift, scale)
+    if status == OUT_OF_RANGE:
         raise DataError("a row, position or symmetry index is out of range")
-    if positions.max() >= len(out) or codes.max() >= 8:
-        raise DataError("a row, position or symmetry index is out of range")
-    if out.shape[2] != out.shape[3] and (codes & 1).any():
+    if status == NOT_SQUARE:
         raise DataError(f"transposing needs square images; these are {out.shape[2:]}")
-    shift, scale = normalisation(normalize)
-    gather_transform(out, src, positions, rows, codes, out.dtype.type(shift), out.dtype.type(scale))
     return out
+
+
+def _ints(a) -> np.ndarray:
+    """int64, contiguous: the one index type the kernel is compiled for."""
+    return np.ascontiguousarray(a, dtype=np.int64)
 
 
 def take(

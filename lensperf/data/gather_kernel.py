@@ -6,8 +6,10 @@ separate normalisation pass: 256 64x64 images with random symmetries cost 1.2 ms
 0.55 ms for this kernel, and numpy's per-image copies held the GIL between images, so two loader
 threads slowed each other down. This kernel releases the GIL for the whole batch.
 
-Bounds are not checked inside the loops (that stops vectorisation); `augment.gather` checks
-every index before the call.
+Bounds are not checked inside the loops (that stops vectorisation): the kernel checks every
+index once, before it copies anything, and returns a status (`OK`, `OUT_OF_RANGE`,
+`NOT_SQUARE`) that `augment.gather` turns into an error. Checking in numpy instead cost about
+0.5 ms a batch, more than a sixth of building it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numba
 import numpy as np
 
 _U = numba.uint64  # an unsigned index: no negative-index wraparound, so the loops vectorise
+OK, OUT_OF_RANGE, NOT_SQUARE = 0, 1, 2
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -25,6 +28,12 @@ def gather_transform(out, src, positions, rows, codes, shift, scale):
     Each branch's inner loop writes one output row contiguously; the flip and transpose choice
     is made outside it, so the plain and flipped cases vectorise."""
     C, H, W = out.shape[1], out.shape[2], out.shape[3]
+    for k in range(positions.shape[0]):
+        i, r, code = positions[k], rows[k], codes[k]
+        if not (0 <= i < out.shape[0] and 0 <= r < src.shape[0] and 0 <= code < 8):
+            return OUT_OF_RANGE
+        if code & 1 and H != W:
+            return NOT_SQUARE
     image = np.empty((H, W), src.dtype)
     for k in range(positions.shape[0]):
         i, r, code = positions[k], rows[k], codes[k]
@@ -53,4 +62,4 @@ def gather_transform(out, src, positions, rows, codes, shift, scale):
                     else:
                         for x in range(W):
                             out[i, c, y, x] = (src[r, c, sy, x] - shift) * scale
-    return out
+    return OK
