@@ -16,6 +16,8 @@ from lensperf.data import make_loader
 from lensperf.store import CLASSIFICATION, SR, StoreWriter, chunk_length
 
 N_CLS, N_SR, BATCH = 8192, 1024, 256
+ROUNDS = 7  # epochs per loader, median taken: with 3, one stall on this shared machine could
+# move a rate by a third
 RATES: dict[tuple, float] = {}  # (task, loader, workers, augment) -> images/s
 
 
@@ -81,7 +83,7 @@ def _epoch_rate(benchmark, make, n, key):
         for _ in loader:
             pass
 
-    benchmark.pedantic(epoch, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(epoch, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     benchmark.extra_info["images_per_s"] = RATES[key] = n / benchmark.stats["median"]
     if hasattr(loader, "close"):
         loader.close()
