@@ -3,8 +3,8 @@ with a cache of decoded chunks: a window of chunks is decoded once, not once a b
 
 Several threads may read at once (the loaders build batches ahead on threads): the cache hands
 each chunk to the first thread that asks, and later askers wait for that decode instead of
-repeating it. File reads, checksums and the compiled gather release the GIL, so the threads overlap
-with the training step and with each other.
+repeating it. File reads, checksums and the compiled gather release the GIL, so the threads
+overlap with the training step and with each other.
 """
 
 from __future__ import annotations
