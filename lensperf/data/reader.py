@@ -121,13 +121,14 @@ class StoreReader:
         chunk_of = indices // self.chunk
         local = indices - chunk_of * self.chunk
         out = {name: values[indices] for name, values in self._small().items()}
-        chunk_ids = np.unique(chunk_of).tolist()
+        groups = []  # (chunk, positions in the batch, rows in the chunk, codes), shared by LR/HR
+        for c in np.unique(chunk_of).tolist():
+            where = np.flatnonzero(chunk_of == c)
+            groups.append((c, where, local[where], None if codes is None else codes[where]))
         for name in self.image_names:
             rows = np.empty((len(indices),) + self.shapes[name], dtype=self._open()[name].dtype)
-            for c in chunk_ids:
-                where = np.flatnonzero(chunk_of == c)
-                some_codes = None if codes is None else codes[where]
-                gather(rows, self._chunk(name, c), where, local[where], some_codes, normalize)
+            for c, where, in_chunk, some_codes in groups:
+                gather(rows, self._chunk(name, c), where, in_chunk, some_codes, normalize)
             out[name] = rows
         return out
 
