@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lensperf.config import load_config
-from lensperf.simulate.config import CLASSES, SimulationConfig, SRSimulationConfig
+from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
 from lensperf.simulate.runner import (
     Task,
     _init_classification,
@@ -17,6 +17,7 @@ from lensperf.simulate.runner import (
     _render_classification,
     _render_sr,
 )
+from lensperf.store import CLASSES
 
 CHUNK = 64
 # Not tests.conftest: importing it would switch the Triton interpreter on for this process.

@@ -4,8 +4,8 @@ loads (the way DeepLense code reads today), and the importer's files per second.
 import numpy as np
 import pytest
 
-from lensperf.importer import import_tree
 from lensperf.store import CLASSIFICATION, StoreWriter, chunk_length, open_store, read_rows
+from lensperf.store.importer import import_tree
 
 N_IMAGES = 4096
 BATCH = 256

@@ -82,7 +82,7 @@ def cmd_simulate_sr(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from lensperf.importer import import_tree
+    from lensperf.store.importer import import_tree
 
     report = import_tree(
         args.src,
@@ -102,7 +102,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from lensperf.inspect_store import format_summary, sample_grid_png, summarize
+    from lensperf.store.inspect import format_summary, sample_grid_png, summarize
 
     summary = summarize(args.store)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from lensperf.config import load_config
-from lensperf.inspect_store import format_summary, sample_grid_png, summarize
 from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
 from lensperf.simulate.runner import default_workers, simulate_classification, simulate_sr
+from lensperf.store.inspect import format_summary, sample_grid_png, summarize
 from lensperf.train.run import evaluate, train
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"

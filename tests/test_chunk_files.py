@@ -5,9 +5,9 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from lensperf.chunk_files import ChunkFiles
 from lensperf.data.reader import StoreReader
 from lensperf.errors import DataError
+from lensperf.store.chunk_files import ChunkFiles
 from tests.test_store import write_store
 
 

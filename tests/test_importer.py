@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from lensperf.errors import DataError
-from lensperf.importer import import_tree, read_image
 from lensperf.store import open_store, read_rows
+from lensperf.store.importer import import_tree, read_image
 
 from .conftest import REAL_SAMPLES, run_cli
 

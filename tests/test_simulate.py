@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import zarr
 
-from lensperf.simulate.config import CLASSES, SubhaloConfig
+from lensperf.simulate.config import SubhaloConfig
 from lensperf.simulate.render import Renderer, SceneSampler, image_rng
 from lensperf.simulate.runner import simulate_classification, simulate_sr
+from lensperf.store import CLASSES
 
 
 @pytest.fixture

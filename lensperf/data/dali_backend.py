@@ -41,7 +41,7 @@ class _Source:
         self.graph_ops, self.graph_flags = graph_ops, loader.augment and graph_ops
         self.threads = loader.num_workers
         self.start_epoch, self.start_batch = start_epoch, start_batch
-        self.outputs = _names(loader)
+        self.outputs = list(loader.reader.layout.batch_names.values())
         self._prefetcher = None  # made in the worker process, on the first call
 
     def __getstate__(self):
@@ -70,10 +70,6 @@ class _Source:
         return tuple(np.ascontiguousarray(column) for column in columns)
 
 
-def _names(loader: Loader) -> list[str]:
-    return ["image", "label"] if loader.reader.kind == "classification" else ["lr", "hr"]
-
-
 class DaliLoader(Loader):
     backend = "dali"
 
@@ -96,7 +92,8 @@ class DaliLoader(Loader):
         on_gpu = self.device.type == "cuda"
         graph_ops = on_gpu if self.graph_ops is None else self.graph_ops
         source = _Source(self, epoch, start, graph_ops)
-        image_outputs = [n for n in source.outputs if n != "label"]
+        layout = self.reader.layout
+        image_outputs = [layout.batch_names[name] for name in layout.images]
         normalize = self.normalize
         shift, scale = normalisation(normalize)
 
@@ -140,7 +137,7 @@ class DaliLoader(Loader):
         if self._pipe is None or self._pipe_start != (epoch, start):
             self.close()
             self._pipe = self._build(epoch, start)
-        names = _names(self) + ["index"]
+        names = [*self.reader.layout.batch_names.values(), "index"]
         try:
             while True:
                 try:

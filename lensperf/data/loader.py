@@ -19,8 +19,6 @@ from lensperf.data.plan import EpochPlan
 from lensperf.data.reader import StoreReader
 from lensperf.errors import DataError
 
-OUTPUT_NAMES = {"images": "image", "labels": "label", "lr": "lr", "hr": "hr"}
-
 
 def build_batch(
     reader: StoreReader,
@@ -39,12 +37,13 @@ def build_batch(
     codes = flag_codes(plan.augment_flags(epoch, batch, len(indices))) if augment else None
     if arrays:
         rows = {
-            k: take(v, indices, codes, normalize) if k in reader.image_names else v[indices]
+            k: take(v, indices, codes, normalize) if k in reader.layout.images else v[indices]
             for k, v in arrays.items()
         }
     else:
         rows = reader.read(indices, codes, normalize)
-    out = {OUTPUT_NAMES[k]: v for k, v in rows.items() if k in OUTPUT_NAMES}
+    names = reader.layout.batch_names
+    out = {names[k]: v for k, v in rows.items() if k in names}
     out["index"] = indices
     return out
 

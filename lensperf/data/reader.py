@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lensperf.chunk_files import ChunkFiles
 from lensperf.data.augment import gather
 from lensperf.errors import DataError
-from lensperf.store import ARRAYS, CLASSIFICATION, open_store, read_rows
+from lensperf.store import CLASSIFICATION, LAYOUTS, open_store, read_rows
+from lensperf.store.chunk_files import ChunkFiles
 
 CACHE_CHUNKS = 48  # per array: six windows of 8 chunks, for batches being built ahead
 
@@ -30,7 +30,8 @@ class StoreReader:
         self.split = split
         group = open_store(self.path, kind)  # fail early, in the main process
         self.kind = group.attrs["kind"]
-        self.names = ARRAYS[self.kind]
+        self.layout = LAYOUTS[self.kind]
+        self.names = self.layout.arrays
         arrays = {name: group[f"{split}/{name}"] for name in self.names}
         self.length = int(arrays[self.names[0]].shape[0])
         self.chunk = int(arrays[self.names[0]].chunks[0])
@@ -52,11 +53,6 @@ class StoreReader:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    @property
-    def image_names(self) -> tuple[str, ...]:
-        """The arrays that hold images (augmented and normalised); the rest are per-sample."""
-        return ("images",) if self.kind == CLASSIFICATION else ("lr", "hr")
-
     def _open(self) -> dict:
         if self._arrays is None:
             group = open_store(self.path)
@@ -68,7 +64,7 @@ class StoreReader:
         with self._lock:
             if self._chunk_files is None:
                 arrays = self._open()
-                self._chunk_files = {n: ChunkFiles.for_array(arrays[n]) for n in self.image_names}
+                self._chunk_files = {n: ChunkFiles.for_array(arrays[n]) for n in self.layout.images}
             return self._chunk_files
 
     def _chunk(self, name: str, c: int) -> np.ndarray:
@@ -78,7 +74,7 @@ class StoreReader:
             owner = entry is None
             if owner:
                 entry = self._cache[key] = Future()
-                if len(self._cache) > CACHE_CHUNKS * len(self.image_names):
+                if len(self._cache) > CACHE_CHUNKS * len(self.layout.images):
                     self._cache.popitem(last=False)  # holders of its future keep the rows
             else:
                 self._cache.move_to_end(key)
@@ -104,7 +100,7 @@ class StoreReader:
             self._small_arrays = {
                 name: read_rows(self._open()[name], slice(None))
                 for name in self.names
-                if name not in self.image_names
+                if name not in self.layout.images
             }
         return self._small_arrays
 
@@ -125,7 +121,7 @@ class StoreReader:
         for c in np.unique(chunk_of).tolist():
             where = np.flatnonzero(chunk_of == c)
             groups.append((c, where, local[where], None if codes is None else codes[where]))
-        for name in self.image_names:
+        for name in self.layout.images:
             rows = np.empty((len(indices),) + self.shapes[name], dtype=self._open()[name].dtype)
             for c, where, in_chunk, some_codes in groups:
                 gather(rows, self._chunk(name, c), where, in_chunk, some_codes, normalize)

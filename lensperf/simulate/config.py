@@ -1,7 +1,7 @@
 """Simulation presets: instrument, main lens, source and the two kinds of substructure.
 
-Physics follows DeepLenseSim (see shared/docs/deeplense-data.md); values marked "calibrated"
-in the YAML presets were fitted so that simulated images match the real DeepLense samples.
+Physics follows DeepLenseSim (the README's Data section); values marked "calibrated" in the
+YAML presets were fitted so that simulated images match the real DeepLense samples.
 Angles are in arcsec, masses in solar masses, axion masses in eV.
 """
 
@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lensperf.config import require
-
-CLASSES = ("no_sub", "cdm", "axion")
 
 
 @dataclass(frozen=True, kw_only=True)

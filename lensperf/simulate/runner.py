@@ -18,10 +18,10 @@ import numpy as np
 
 from lensperf.config import to_dict
 from lensperf.progress import progress
-from lensperf.simulate.config import CLASSES, SimulationConfig, SRSimulationConfig
+from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
 from lensperf.simulate.render import Renderer, SceneSampler, image_rng
-from lensperf.splits import stratified_split
-from lensperf.store import CLASSIFICATION, SR, StoreWriter, chunk_length
+from lensperf.store import CLASSES, CLASSIFICATION, SR, StoreWriter, chunk_length
+from lensperf.store.splits import stratified_split
 
 SR_STREAM = 7  # generator stream of SR scenes, apart from the class streams 0, 1, 2
 

@@ -15,7 +15,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-CLASS_NAMES = ("no_sub", "cdm", "axion")
+from lensperf.store import CLASSES
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -27,7 +27,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
         "auc_macro": per_class.mean().item(),
         "f1_macro": multiclass_f1_score(probs, labels, num_classes=k, average="macro").item(),
     }
-    out.update({f"auc_{name}": v.item() for name, v in zip(CLASS_NAMES, per_class)})
+    out.update({f"auc_{name}": v.item() for name, v in zip(CLASSES, per_class)})
     return out
 
 

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lensperf.train.metrics import CLASS_NAMES, bicubic  # noqa: E402
+from lensperf.store import CLASSES  # noqa: E402
+from lensperf.train.metrics import bicubic  # noqa: E402
 
 MAX_TSNE_POINTS = 1500  # t-SNE is O(n^2) in memory; enough points to see the clusters
 
@@ -87,7 +88,7 @@ def classification_figures(pred: dict, out: Path) -> None:
     probs = pred["logits"].softmax(1).numpy()
     labels = pred["labels"].numpy()
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    for k, name in enumerate(CLASS_NAMES):
+    for k, name in enumerate(CLASSES):
         if (labels == k).any() and (labels != k).any():
             fpr, tpr, _ = roc_curve(labels == k, probs[:, k])
             ax.plot(fpr, tpr, label=name)
@@ -97,13 +98,13 @@ def classification_figures(pred: dict, out: Path) -> None:
     ax.legend()
     _save(fig, out / "roc.png")
 
-    matrix = confusion_matrix(labels, probs.argmax(1), labels=range(len(CLASS_NAMES)))
+    matrix = confusion_matrix(labels, probs.argmax(1), labels=range(len(CLASSES)))
     fig, ax = plt.subplots(figsize=(4, 3.6))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center")
-    ax.set_xticks(range(3), CLASS_NAMES)
-    ax.set_yticks(range(3), CLASS_NAMES)
+    ax.set_xticks(range(len(CLASSES)), CLASSES)
+    ax.set_yticks(range(len(CLASSES)), CLASSES)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     _save(fig, out / "confusion_matrix.png")
@@ -111,8 +112,8 @@ def classification_figures(pred: dict, out: Path) -> None:
     text = classification_report(
         labels,
         probs.argmax(1),
-        labels=range(3),
-        target_names=CLASS_NAMES,
+        labels=range(len(CLASSES)),
+        target_names=CLASSES,
         digits=4,
         zero_division=0,
     )
@@ -123,7 +124,7 @@ def classification_figures(pred: dict, out: Path) -> None:
     emb, lab = emb[keep], labels[keep]
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for ax, (name, points) in zip(axes, _projections(emb, PCA, TSNE)):
-        for k, cls in enumerate(CLASS_NAMES):
+        for k, cls in enumerate(CLASSES):
             ax.scatter(*points[lab == k].T, s=4, label=cls)
         ax.set_title(name)
         ax.legend(markerscale=3)

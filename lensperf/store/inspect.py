@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from lensperf.store import ARRAYS, CLASSIFICATION, SPLITS, open_store, read_rows, split_length
+from lensperf.store import (
+    CLASSIFICATION,
+    LAYOUTS,
+    SPLITS,
+    open_store,
+    read_rows,
+    split_length,
+)
 
 STATS_SAMPLE = 4096  # images per split for pixel statistics: enough for 3 digits, fast on 89k
 
@@ -46,7 +53,7 @@ def summarize(path: str | Path) -> dict:
 
 def _storage(path: Path, group: zarr.Group, kind: str) -> dict:
     """Bytes on disk against the arrays' raw bytes, and the image arrays' codecs."""
-    arrays = [group[f"{split}/{name}"] for split in SPLITS for name in ARRAYS[kind]]
+    arrays = [group[f"{split}/{name}"] for split in SPLITS for name in LAYOUTS[kind].arrays]
     return {
         "bytes_on_disk": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
         "raw_bytes": sum(a.nbytes for a in arrays),

@@ -1,13 +1,9 @@
-"""The lensperf dataset store: a zarr v3 group, written atomically, with checksummed chunks.
+"""Reading and writing stores: zarr v3 groups, written atomically, with checksummed chunks.
 
-Layout (see shared/docs/design.md):
-    DIR.zarr/   attrs: lensperf_format, kind, classes, image_size, source, config, seed
-      train/images (N, 1, H, W) float32 in [0, 1]   train/labels (N,) int64
-      train/axion_mass (N,) float32, NaN where not axion
-      val/...                                         (SR stores: train/lr, train/hr, val/...)
-Each array is chunked along N only and checksummed with CRC32C, so a damaged chunk raises
-DataError instead of being read as garbage. Chunks are stored raw unless the writer is asked to
-compress them (Blosc-LZ4; see `_codecs` for why raw is the default). Stores written with Blosc
+The layout is in `layout.py`. Each array is chunked along N only and checksummed with CRC32C,
+so a damaged chunk raises DataError instead of being read as garbage. Chunks are stored raw
+unless the writer is asked to compress them (Blosc-LZ4; see `_codecs` for why raw is the
+default). Stores written with Blosc
 (LZ4 or zstd, by earlier versions) read the same: the codecs are in each array's metadata.
 """
 
@@ -25,25 +21,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync as zarr_sync
 
 from lensperf.errors import DataError
-
-FORMAT_VERSION = 1
-CLASSIFICATION = "classification"
-SR = "sr"
-SPLITS = ("train", "val")
-ARRAYS = {
-    CLASSIFICATION: ("images", "labels", "axion_mass"),
-    SR: ("lr", "hr"),
-}
-# About 1 MiB of raw data per chunk: small enough that a random batch reads little it does not
-# need, large enough that an epoch is a few thousand files rather than 89k.
-CHUNK_TARGET_BYTES = 1 << 20
-
-
-def chunk_length(sample_shape: tuple[int, ...], itemsize: int = 4) -> int:
-    """Samples per chunk for samples of `sample_shape`: a power of two near CHUNK_TARGET_BYTES."""
-    sample_bytes = int(np.prod(sample_shape)) * itemsize
-    n = max(1, CHUNK_TARGET_BYTES // sample_bytes)
-    return 1 << (n.bit_length() - 1)
+from lensperf.store.layout import FORMAT_VERSION, LAYOUTS, SPLITS
 
 
 def _codecs(compress: bool) -> list:
@@ -154,19 +132,19 @@ def open_store(path: str | Path, kind: str | None = None) -> zarr.Group:
     if attrs.get("lensperf_format") != FORMAT_VERSION:
         raise DataError(f"{path} is not a lensperf store (format {attrs.get('lensperf_format')!r})")
     store_kind = attrs.get("kind")
-    if store_kind not in ARRAYS:
+    if store_kind not in LAYOUTS:
         raise DataError(f"{path} has an unknown kind {store_kind!r}")
     if kind is not None and store_kind != kind:
         raise DataError(f"{path} is a {store_kind} store; this needs a {kind} store")
     for split in SPLITS:
-        for name in ARRAYS[store_kind]:
+        for name in LAYOUTS[store_kind].arrays:
             if f"{split}/{name}" not in group:
                 raise DataError(f"{path} is incomplete: {split}/{name} is missing")
     return group
 
 
 def split_length(group: zarr.Group, split: str) -> int:
-    first = ARRAYS[group.attrs["kind"]][0]
+    first = LAYOUTS[group.attrs["kind"]].arrays[0]
     return int(group[f"{split}/{first}"].shape[0])
 
 

@@ -1,7 +1,7 @@
 """Import DeepLense `.npy` folders into a store.
 
 Classification trees hold one folder per class; super-resolution trees hold `HR/` and `LR/`
-with files paired by name. Every file format seen in the wild loads (shared/docs/deeplense-data.md):
+with files paired by name. Every file format seen in the wild loads:
 plain (H, W) arrays, (1, H, W), flat (H*W,) vectors with or without an appended label, and
 object arrays `[image, axion_mass]` (these need pickle: only import files you trust).
 
@@ -21,9 +21,8 @@ import numpy as np
 
 from lensperf.errors import DataError
 from lensperf.progress import progress
-from lensperf.simulate.config import CLASSES
-from lensperf.splits import stratified_split
-from lensperf.store import CLASSIFICATION, SR, StoreWriter, chunk_length
+from lensperf.store import CLASSES, CLASSIFICATION, SR, StoreWriter, chunk_length
+from lensperf.store.splits import stratified_split
 
 # Folder names of the DeepLense sets, mapped onto lensperf's classes.
 CLASS_ALIASES = {
