@@ -3,12 +3,11 @@
 Full-size times follow as N / (rate * workers); benchmarks/full_size_data.py measures them.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from lensperf.config import load_config
+from lensperf.presets import preset
 from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
 from lensperf.simulate.runner import (
     Task,
@@ -21,12 +20,11 @@ from lensperf.store import CLASSES
 
 CHUNK = 64
 # Not tests.conftest: importing it would switch the Triton interpreter on for this process.
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.mark.parametrize("class_name", CLASSES)
 def test_simulate_model_ii(benchmark, class_name):
-    _init_classification(load_config(SimulationConfig, CONFIGS / "data" / "model_ii.yaml"))
+    _init_classification(load_config(SimulationConfig, preset("data", "model_ii")))
     c = CLASSES.index(class_name)
     task = Task("train", 0, np.full(CHUNK, c), np.arange(CHUNK))
     benchmark(_render_classification, task)
@@ -34,7 +32,7 @@ def test_simulate_model_ii(benchmark, class_name):
 
 
 def test_simulate_sr_pairs(benchmark):
-    _init_sr(load_config(SRSimulationConfig, CONFIGS / "data" / "sr.yaml"))
+    _init_sr(load_config(SRSimulationConfig, preset("data", "sr")))
     n = 8
     task = Task("train", 0, np.zeros(n, int), np.arange(n))
     benchmark(_render_sr, task)

@@ -13,21 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lensperf import interrupts
-from lensperf.errors import ConfigError, LensperfError
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def resolve_config(value: str, section: str) -> Path:
-    """A config path, or a preset name such as `model_ii` looked up in configs/<section>/."""
-    path = Path(value)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    preset = CONFIG_DIR / section / f"{value}.yaml"
-    if not preset.exists():
-        known = sorted(p.stem for p in (CONFIG_DIR / section).glob("*.yaml"))
-        raise ConfigError("", f"no config file or preset {value!r} (presets: {', '.join(known)})")
-    return preset
+from lensperf.errors import LensperfError
+from lensperf.presets import resolve_config
 
 
 def _int_at_least(minimum: int):

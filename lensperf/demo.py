@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 from lensperf.config import load_config
+from lensperf.presets import preset
 from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
 from lensperf.simulate.runner import default_workers, simulate_classification, simulate_sr
 from lensperf.store.inspect import format_summary, sample_grid_png, summarize
 from lensperf.train.run import evaluate, train
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_N_PER_CLASS = 2000
 DEMO_SR_PAIRS = 300
 
@@ -36,12 +36,10 @@ def run_demo(out: Path, *, workers: int | None = None, scale: float = 1.0) -> di
         return result
 
     n_cls, n_sr = max(12, int(DEMO_N_PER_CLASS * scale)), max(8, int(DEMO_SR_PAIRS * scale))
-    cls_config = load_config(
-        SimulationConfig, CONFIG_DIR / "data" / "model_ii.yaml", [f"n_per_class={n_cls}"]
-    )
+    cls_config = load_config(SimulationConfig, preset("data", "model_ii"), [f"n_per_class={n_cls}"])
     cls_store = timed("simulate", simulate_classification, cls_config, out / "model_ii.zarr",
                       workers=workers, overwrite=True)  # fmt: skip
-    sr_config = load_config(SRSimulationConfig, CONFIG_DIR / "data" / "sr.yaml", [f"n={n_sr}"])
+    sr_config = load_config(SRSimulationConfig, preset("data", "sr"), [f"n={n_sr}"])
     sr_store = timed(
         "simulate_sr", simulate_sr, sr_config, out / "sr.zarr", workers=workers, overwrite=True
     )
@@ -54,7 +52,7 @@ def run_demo(out: Path, *, workers: int | None = None, scale: float = 1.0) -> di
 
     def stage(task: str, store: Path, *extra: str) -> dict:
         overrides = [f"out_dir={out / task}", f"data.store={store}", *extra, *epochs]
-        return timed(task, train, task, CONFIG_DIR / task / "demo.yaml", overrides)
+        return timed(task, train, task, preset(task, "demo"), overrides)
 
     metrics = {
         "pretrain": stage("pretrain", cls_store),

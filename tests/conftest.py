@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lensperf.presets import CONFIG_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs"
+CONFIGS = CONFIG_DIR
 REAL_SAMPLES = Path(__file__).resolve().parent / "data" / "deeplense-model-ii-samples"
 
 os.environ.setdefault("LENSPERF_PROGRESS", "0")

@@ -112,7 +112,7 @@ def test_bf16_modes_only_where_bf16_is_native(monkeypatch, tmp_path):
 
     cpu = torch.device("cpu")
     for native in (True, False):
-        monkeypatch.setattr(bench_run, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(bench_run, "native_bf16", lambda device, native=native: native)
         names = [mode[0] for mode in bench_run._modes(cpu)]
         assert ("compiled_bf16" in names) is native and "compiled_fp32" in names
     results = fake_results()

@@ -28,10 +28,10 @@ from lensperf import ops
 from lensperf.bench.measure import flops_per_image, matmul_peak, train_step_rate
 from lensperf.bench.reference_mae import ReferenceMAE
 from lensperf.models import MAE, Classifier, MAEConfig, SuperResolution, ViTConfig, ViTEncoder
+from lensperf.presets import preset
 from lensperf.progress import progress
-from lensperf.train.trainer import cpu_has_bf16
+from lensperf.runtime import native_bf16
 
-ROOT = Path(__file__).resolve().parents[2]
 # The issue's reference size: ViT 192-d, 6 blocks, 64x64 images, patch 8, mask 0.75.
 ENCODER = ViTConfig(image_size=64, patch_size=8, dim=192, depth=6, heads=3)
 MAE_CONFIG = MAEConfig(encoder=ENCODER, decoder_dim=128, decoder_depth=2, decoder_heads=4)
@@ -73,7 +73,8 @@ def _environment(device: torch.device) -> dict:
         except md.PackageNotFoundError:
             versions[name] = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+        here = Path(__file__).parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                                 text=True, timeout=5).stdout.strip() or None  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         commit = None
@@ -120,14 +121,9 @@ def _workloads(settings: Settings) -> dict:
     }
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 runs in hardware here. Without it (a CPU with no AVX-512-BF16/AMX) torch
-    emulates bf16 matmuls: the bf16 modes then take tens of minutes and measure nothing useful."""
-    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
-
-
 def _modes(device: torch.device) -> list[tuple[str, bool, bool, bool]]:
-    """(name, bf16 autocast, compile, Triton kernels)."""
+    """(name, bf16 autocast, compile, Triton kernels). The bf16 modes only where bf16 is native:
+    emulated, they take tens of minutes and measure nothing useful."""
     modes = [("eager_fp32", False, False, False), ("compiled_fp32", False, True, False)]
     if native_bf16(device):
         modes.append(("compiled_bf16", True, True, False))
@@ -186,9 +182,7 @@ def loader_rate(settings: Settings, workdir: Path) -> dict:
     from lensperf.simulate.runner import default_workers, simulate_classification
 
     n = 400 if settings.quick else 3000
-    config = load_config(
-        SimulationConfig, ROOT / "configs" / "data" / "model_ii.yaml", [f"n_per_class={n}"]
-    )
+    config = load_config(SimulationConfig, preset("data", "model_ii"), [f"n_per_class={n}"])
     store = simulate_classification(
         config, workdir / "bench.zarr", workers=default_workers(), overwrite=True
     )
@@ -225,7 +219,6 @@ def profile_step(settings: Settings, out: Path) -> None:
 
 def time_to_target(settings: Settings, workdir: Path, targets: dict) -> dict:
     """Wall time until val accuracy / SSIM reach their targets on the demo recipes."""
-    from lensperf.demo import CONFIG_DIR
     from lensperf.train.run import train
 
     results = {}
@@ -240,13 +233,13 @@ def time_to_target(settings: Settings, workdir: Path, targets: dict) -> dict:
             from lensperf.simulate.runner import default_workers, simulate_sr
 
             n = 200 if settings.quick else 2000
-            config = load_config(SRSimulationConfig, CONFIG_DIR / "data" / "sr.yaml", [f"n={n}"])
+            config = load_config(SRSimulationConfig, preset("data", "sr"), [f"n={n}"])
             store = simulate_sr(
                 config, workdir / "sr.zarr", workers=default_workers(), overwrite=True
             )
         epochs = 3 if settings.quick else 20
         run_dir = workdir / task
-        train(task, CONFIG_DIR / task / "demo.yaml", [
+        train(task, preset(task, "demo"), [
             f"out_dir={run_dir}", f"data.store={store}", "pretrained=", f"epochs={epochs}", *extra,
         ])  # fmt: skip
         lines = (run_dir / "log.jsonl").read_text().splitlines()

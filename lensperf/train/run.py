@@ -12,10 +12,11 @@ from lensperf.config import from_dict, load_config
 from lensperf.data import make_loader
 from lensperf.errors import DataError
 from lensperf.models.vit import ViTConfig
+from lensperf.runtime import resolve_device
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.config import CONFIG_TYPES
 from lensperf.train.tasks import TASKS
-from lensperf.train.trainer import Trainer, resolve_device
+from lensperf.train.trainer import Trainer
 
 
 def train(

@@ -24,36 +24,12 @@ from lensperf.config import save_config, to_dict
 from lensperf.data import make_loader
 from lensperf.errors import LensperfError
 from lensperf.progress import progress
+from lensperf.runtime import autocast_dtype, resolve_device
 from lensperf.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 class TrainingError(LensperfError):
     pass
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise TrainingError("runtime.device=cuda but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
-    if precision == "bf16" or supported:
-        return torch.bfloat16
-    return None
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
