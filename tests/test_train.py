@@ -261,13 +261,29 @@ def test_two_process_torchrun_on_cpu(stores, tmp_path):
 @pytest.mark.parametrize("device_kernels", [False, True], ids=["torch-path", "kernels"])
 def test_ops_attention_paths_agree(device_kernels, monkeypatch):
     """lensperf.ops picks explicit matmuls on CPU (or the kernel); both equal SDPA."""
-    from lensperf import ops
+    from lensperf.models import ops
 
-    monkeypatch.setenv("LENSPERF_KERNELS", "1" if device_kernels else "0")
     q, k, v = (torch.randn(2, 3, 17, 16, dtype=torch.float64).float() for _ in range(3))
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    torch.testing.assert_close(ops.attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
-    assert ops.kernels_active(q) == device_kernels
+    with ops.kernels_switched("on" if device_kernels else "off"):
+        torch.testing.assert_close(ops.attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
+        assert ops.kernels_active(q) == device_kernels
+    assert ops.kernels_mode() == "auto" and not ops.kernels_active(q)  # restored; CPU: off
+
+
+def test_kernel_switch_is_read_once_from_the_environment():
+    """LENSPERF_KERNELS sets the starting mode at import; a bad value fails there."""
+    code = "from lensperf.models import ops; print(ops.kernels_mode())"
+    for value, expected in (("1", "on"), ("off", "off"), (None, "auto")):
+        env = {k: v for k, v in os.environ.items() if k != "LENSPERF_KERNELS"}
+        if value is not None:
+            env["LENSPERF_KERNELS"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, cwd=ROOT)  # fmt: skip
+        assert out.stdout.strip() == expected, out.stderr
+    env = {**os.environ, "LENSPERF_KERNELS": "maybe"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "LENSPERF_KERNELS='maybe'" in out.stderr
 
 
 def test_patchify_round_trip():

@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lensperf import ops
 from lensperf.bench.measure import flops_per_image, matmul_peak, train_step_rate
 from lensperf.bench.reference_mae import ReferenceMAE
-from lensperf.models import MAE, Classifier, MAEConfig, SuperResolution, ViTConfig, ViTEncoder
+from lensperf.models import MAE, Classifier, MAEConfig, SuperResolution, ViTConfig, ViTEncoder, ops
 from lensperf.presets import preset
 from lensperf.progress import progress
 from lensperf.runtime import native_bf16
@@ -146,12 +145,9 @@ def throughput(settings: Settings) -> dict:
             make, loss_fn, batch = workloads[task]
             torch.manual_seed(0)
             torch._dynamo.reset()
-            ops.set_kernels(use_kernels)
-            try:
+            with ops.kernels_switched("on" if use_kernels else "off"):
                 r = train_step_rate(make(), loss_fn, batch, device=settings.device, amp=amp,
                                     compile_=compile_, **settings.timing)  # fmt: skip
-            finally:
-                ops.set_kernels(None)
             results.setdefault(task, {})[mode] = {"batch": batch, **r}
             bar.update(1)
     return results

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lensperf import ops
 from lensperf.config import require
+from lensperf.models import ops
 from lensperf.models.vit import Block, ViTConfig, ViTEncoder, _init_weights, sincos_positions
 
 

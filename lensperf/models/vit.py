@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lensperf import ops
 from lensperf.config import require
+from lensperf.models import ops
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,10 +19,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lensperf import ops
 from lensperf.config import save_config, to_dict
 from lensperf.data import make_loader
 from lensperf.errors import LensperfError
+from lensperf.models import ops
 from lensperf.progress import progress
 from lensperf.runtime import autocast_dtype, resolve_device
 from lensperf.train.checkpoint import load_checkpoint, save_checkpoint
@@ -61,7 +61,6 @@ class Trainer:
         if rt.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.amp_dtype = autocast_dtype(rt.precision, self.device)
-        ops.set_kernels({"auto": None, "on": True, "off": False}[rt.kernels])
 
     def _loaders(self) -> None:
         c, data = self.config, self.config.data
@@ -137,6 +136,10 @@ class Trainer:
 
     # ------------------------------------------------------------ loop
     def run(self) -> dict:
+        with ops.kernels_switched(self.config.runtime.kernels):
+            return self._run()
+
+    def _run(self) -> dict:
         self._setup_runtime()
         self._loaders()
         c = self.config
