@@ -19,17 +19,15 @@ from torch import nn
 from lensperf.config import load_config
 from lensperf.models import MAE, Classifier, SuperResolution
 from lensperf.train.checkpoint import load_checkpoint
-from lensperf.train.config import CONFIG_TYPES
 from lensperf.train.encoder_io import load_encoder
-from lensperf.train.run import model_from_checkpoint
-from lensperf.train.tasks import TASKS
+from lensperf.train.tasks import TASKS, model_from_checkpoint
 
 __all__ = ["build_model", "load_model", "load_encoder", "embed", "predict", "upscale"]
 
 
 def build_model(task: str, config_path, overrides=()) -> nn.Module:
     """An untrained model of `task` ("pretrain", "finetune_cls", "finetune_sr") from a config."""
-    config = load_config(CONFIG_TYPES[task], config_path, overrides)
+    config = load_config(TASKS[task].config_type, config_path, overrides)
     return TASKS[task](config).build_model()
 
 

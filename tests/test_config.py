@@ -114,12 +114,13 @@ def test_cli_reports_config_errors_on_one_line(tmp_path):
 
 
 def test_training_recipes_load_and_check_the_schedule():
-    from lensperf.train.config import CONFIG_TYPES
+    from lensperf.train.tasks import TASKS
 
-    for section, config_type in CONFIG_TYPES.items():
+    for section, task in TASKS.items():
+        config_type = task.config_type
         for recipe in ("demo", "cpu", "gpu"):
             load_config(config_type, CONFIGS / section / f"{recipe}.yaml")
     with pytest.raises(ConfigError) as info:
-        load_config(CONFIG_TYPES["pretrain"], CONFIGS / "pretrain" / "demo.yaml",
+        load_config(TASKS["pretrain"].config_type, CONFIGS / "pretrain" / "demo.yaml",
                     ["epochs=2", "optim.warmup_epochs=3"])  # fmt: skip
     assert info.value.key == "optim.warmup_epochs"

@@ -294,3 +294,24 @@ def test_patchify_round_trip():
     assert patches.shape == (2, 4 * 6, 8 * 8 * 3)
     assert torch.equal(unpatchify(patches, 8, (4, 6), 3), images)
     assert torch.equal(patches[0, 1, : 8 * 8 * 3].reshape(8, 8, 3)[..., 0], images[0, 0, :8, 8:16])
+
+
+@pytest.mark.parametrize("task_name", ["pretrain", "finetune_cls", "finetune_sr"])
+def test_tokens_biases_and_norms_are_not_decayed(task_name, tmp_path):
+    """Each model declares its tokens (no_weight_decay); the trainer exempts them with biases
+    and norms, and decays every other weight (the SR model's tokens_to_pixels convolution too,
+    which an old `"token" in name` rule exempted by accident)."""
+    from lensperf.train.tasks import TASKS
+    from lensperf.train.trainer import Trainer
+
+    task = TASKS[task_name](TASKS[task_name].config_type())
+    trainer = Trainer(task.config, task)
+    trainer.device = torch.device("cpu")
+    model = task.build_model(ViTConfig(dim=32, depth=1, heads=2))
+    decay, no_decay = trainer._optimizer(model).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    tokens = {"encoder.cls_token", "mask_token"}
+    assert exempt == {n for n, p in model.named_parameters() if p.ndim < 2 or n in tokens}
+    assert "encoder.cls_token" in exempt and decay["weight_decay"] > 0
+    assert len(decay["params"]) + len(exempt) == len(names)

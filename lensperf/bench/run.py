@@ -13,6 +13,7 @@ Writes OUT/results.json, OUT/results.md (tables), OUT/throughput.png and OUT/pro
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import subprocess
@@ -22,18 +23,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lensperf.bench.measure import flops_per_image, matmul_peak, train_step_rate
 from lensperf.bench.reference_mae import ReferenceMAE
-from lensperf.models import MAE, Classifier, MAEConfig, SuperResolution, ViTConfig, ViTEncoder, ops
+from lensperf.models import MAEConfig, ViTConfig, ops
 from lensperf.presets import preset
 from lensperf.progress import progress
 from lensperf.runtime import native_bf16
+from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, PretrainConfig
+from lensperf.train.tasks import TASKS
 
 # The issue's reference size: ViT 192-d, 6 blocks, 64x64 images, patch 8, mask 0.75.
 ENCODER = ViTConfig(image_size=64, patch_size=8, dim=192, depth=6, heads=3)
 MAE_CONFIG = MAEConfig(encoder=ENCODER, decoder_dim=128, decoder_depth=2, decoder_heads=4)
+BENCH_CONFIGS = {
+    "pretrain": PretrainConfig(model=MAE_CONFIG),
+    "finetune_cls": FinetuneClsConfig(encoder=ENCODER),
+    "finetune_sr": FinetuneSRConfig(encoder=ENCODER),
+}
 
 
 @dataclass(frozen=True)
@@ -97,27 +104,21 @@ def _environment(device: torch.device) -> dict:
 
 
 def _workloads(settings: Settings) -> dict:
-    """task -> (model factory, loss of a model on a fixed batch, batch size)."""
-    d, b = settings.device, settings.batch
-    images = torch.rand(b["pretrain"], 1, 64, 64, device=d)
-    cls_images = torch.rand(b["finetune_cls"], 1, 64, 64, device=d)
-    labels = torch.randint(0, 3, (b["finetune_cls"],), device=d)
-    lr = torch.rand(b["finetune_sr"], 1, 75, 75, device=d)
-    hr = torch.rand(b["finetune_sr"], 1, 150, 150, device=d)
-    return {
-        "pretrain": (lambda: MAE(MAE_CONFIG), lambda m: m(images)[0], b["pretrain"]),
-        "finetune_cls": (
-            lambda: Classifier(ViTEncoder(ENCODER)),
-            lambda m: F.cross_entropy(m(cls_images).float(), labels),
-            b["finetune_cls"],
-        ),
-        "finetune_sr": (
-            lambda: SuperResolution(ViTEncoder(ENCODER)),
-            lambda m: F.mse_loss(m(lr).float(), hr),
-            b["finetune_sr"],
-        ),
-        "reference_mae": (lambda: ReferenceMAE(MAE_CONFIG), lambda m: m(images)[0], b["pretrain"]),
-    }
+    """task -> (model factory, loss of a model on a fixed batch, batch size): each task's own
+    model and loss on its own synthetic batch; the reference MAE on pretraining's."""
+    workloads = {}
+    for name, config in BENCH_CONFIGS.items():
+        task, batch_size = TASKS[name](config), settings.batch[name]
+        batch = task.example_batch(batch_size, settings.device)
+        loss = functools.partial(_task_loss, task, batch)
+        workloads[name] = (task.build_model, loss, batch_size)
+    _, pretrain_loss, pretrain_batch = workloads["pretrain"]
+    workloads["reference_mae"] = (lambda: ReferenceMAE(MAE_CONFIG), pretrain_loss, pretrain_batch)
+    return workloads
+
+
+def _task_loss(task, batch: dict, model) -> torch.Tensor:
+    return task.loss(model, batch)
 
 
 def _modes(device: torch.device) -> list[tuple[str, bool, bool, bool]]:

@@ -21,6 +21,9 @@ class Classifier(nn.Module):
         if linear_probe:
             encoder.requires_grad_(False)
 
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
+
     def embed(self, images_BCHW: Tensor) -> Tensor:
         """(B, D) image embeddings: the mean of the encoder's patch tokens."""
         return self.encoder(images_BCHW)[:, 1:].mean(dim=1)
@@ -63,6 +66,9 @@ class SuperResolution(nn.Module):
         )
         nn.init.zeros_(self.upsample[0].weight)  # start as plain bicubic
         nn.init.zeros_(self.upsample[0].bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
     def forward(self, lr_B1hw: Tensor) -> Tensor:
         h, w = lr_B1hw.shape[-2:]

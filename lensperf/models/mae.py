@@ -67,6 +67,9 @@ class MAE(nn.Module):
         ):
             module.apply(_init_weights)
 
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"} | {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
+
     def forward(self, images_BCHW: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, predicted patches (B, L, p*p*C), mask (B, L) with 1 = removed)."""
         tokens_BLD, grid = self.encoder.patchify(images_BCHW)

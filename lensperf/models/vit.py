@@ -97,6 +97,10 @@ class ViTEncoder(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW must not decay, besides biases and norms."""
+        return {"cls_token"}
+
     def patchify(self, images_BCHW: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Patch tokens with positions added: (B, L, D), and the (rows, cols) grid."""
         p = self.config.patch_size

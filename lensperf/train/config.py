@@ -122,10 +122,3 @@ class FinetuneSRConfig:
     def __post_init__(self):
         _check_schedule(self)
         require(self.features >= 4, "features", "must be at least 4")
-
-
-CONFIG_TYPES = {
-    "pretrain": PretrainConfig,
-    "finetune_cls": FinetuneClsConfig,
-    "finetune_sr": FinetuneSRConfig,
-}

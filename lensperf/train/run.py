@@ -2,50 +2,30 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
-from lensperf.config import from_dict, load_config
+from lensperf.config import load_config
 from lensperf.data import make_loader
 from lensperf.errors import DataError
-from lensperf.models.vit import ViTConfig
 from lensperf.runtime import resolve_device
 from lensperf.train.checkpoint import load_checkpoint
-from lensperf.train.config import CONFIG_TYPES
-from lensperf.train.tasks import TASKS
+from lensperf.train.tasks import TASKS, model_from_checkpoint
 from lensperf.train.trainer import Trainer
 
 
 def train(
     task_name: str, config_path, overrides=(), *, resume: bool = False, stop_after: int = 0
 ) -> dict:
-    config = load_config(CONFIG_TYPES[task_name], config_path, overrides)
+    config = load_config(TASKS[task_name].config_type, config_path, overrides)
     return train_config(task_name, config, resume=resume, stop_after=stop_after)
 
 
 def train_config(task_name: str, config, *, resume: bool = False, stop_after: int = 0) -> dict:
     task = TASKS[task_name](config)
     return Trainer(config, task, resume=resume, stop_after=stop_after).run()
-
-
-def model_from_checkpoint(state: dict):
-    """(task, model with the checkpoint's weights) for any lensperf checkpoint."""
-    name = state["task"]
-    config = from_dict(CONFIG_TYPES[name], state["config"])
-    encoder = from_dict(ViTConfig, state["encoder_config"], prefix="encoder")
-    if name == "pretrain":
-        config = dataclasses.replace(
-            config, model=dataclasses.replace(config.model, encoder=encoder)
-        )
-    else:
-        config = dataclasses.replace(config, pretrained="", encoder=encoder)
-    task = TASKS[name](config)
-    model = task.build_model()
-    model.load_state_dict(state["model"])
-    return task, model
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path | None = None) -> dict:

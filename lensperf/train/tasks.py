@@ -1,34 +1,80 @@
-"""The three training tasks: what the trainer needs to know about each.
+"""The three training tasks. A task owns everything about its task: its config type, the store
+kind it reads, its model, the loss of a batch, evaluation, the report, what a checkpoint must
+hold to rebuild its model, and a synthetic batch for the bench. The trainer, `evaluate`, the API
+and the bench go through the `TASKS` registry and never branch on a task's name.
 
-A task builds its model, gives the loss of a batch, evaluates on the validation loader and
-writes its report. `fixed_sections` are the config sections a resumed run must share with its
-checkpoint.
+`fixed_sections` are the config sections a resumed run must share with its checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from lensperf.models import MAE, Classifier, SuperResolution, ViTEncoder
-from lensperf.store import CLASSIFICATION, SR
+from lensperf.config import from_dict, to_dict
+from lensperf.errors import DataError
+from lensperf.models import MAE, Classifier, SuperResolution, ViTConfig, ViTEncoder
+from lensperf.store import CLASSES, CLASSIFICATION, SR
 from lensperf.train import metrics as M
 from lensperf.train import report as R
+from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, PretrainConfig
 from lensperf.train.encoder_io import load_encoder
 
 
-class PretrainTask:
-    name = "pretrain"
-    store_kind = CLASSIFICATION
-    fixed_sections = ("model", "data")
+class Task:
+    name: ClassVar[str]
+    config_type: ClassVar[type]
+    store_kind: ClassVar[str]
+    fixed_sections: ClassVar[tuple[str, ...]]
 
     def __init__(self, config):
         self.config = config
 
-    def build_model(self) -> MAE:
-        return MAE(self.config.model)
+    def build_model(self, encoder: ViTConfig | None = None) -> nn.Module:
+        """The task's model; with `encoder`, a fresh one of that encoder shape, whatever the
+        config says (to load a checkpoint's weights into)."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader) -> dict:
+        raise NotImplementedError
+
+    def report(self, model: nn.Module, loader, history: dict, out: Path) -> dict:
+        raise NotImplementedError
+
+    def example_batch(self, batch_size: int, device: torch.device) -> dict:
+        """A random batch shaped like the loader's, for the bench."""
+        raise NotImplementedError
+
+    def checkpoint_extras(self, model: nn.Module) -> dict:
+        """What a checkpoint holds besides the weights to rebuild `model` (`from_checkpoint`)."""
+        return {"encoder_config": to_dict(model.encoder.config)}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> tuple[Task, nn.Module]:
+        task = cls(from_dict(cls.config_type, state["config"]))
+        encoder = from_dict(ViTConfig, state["encoder_config"], prefix="encoder")
+        model = task.build_model(encoder)
+        model.load_state_dict(state["model"])
+        return task, model
+
+
+class PretrainTask(Task):
+    name = "pretrain"
+    config_type = PretrainConfig
+    store_kind = CLASSIFICATION
+    fixed_sections = ("model", "data")
+
+    def build_model(self, encoder: ViTConfig | None = None) -> MAE:
+        model = self.config.model
+        return MAE(model if encoder is None else dataclasses.replace(model, encoder=encoder))
 
     def loss(self, model, batch) -> torch.Tensor:
         return model(batch["image"])[0]
@@ -49,24 +95,37 @@ class PretrainTask:
         R.reconstructions(model, loader, out / "reconstructions.png")
         return {}
 
-
-def _encoder(config) -> tuple[ViTEncoder, str]:
-    if config.pretrained:
-        return load_encoder(config.pretrained), f"pretrained: {config.pretrained}"
-    return ViTEncoder(config.encoder), "from scratch"
+    def example_batch(self, batch_size: int, device: torch.device) -> dict:
+        size = self.config.model.encoder.image_size
+        return {"image": torch.rand(batch_size, 1, size, size, device=device)}
 
 
-class ClassifyTask:
+class _FinetuneTask(Task):
+    """A task that fine-tunes an encoder: pretrained (`config.pretrained`) or from scratch."""
+
+    def encoder(self, shape: ViTConfig | None = None) -> ViTEncoder:
+        if shape is not None:
+            return ViTEncoder(shape)
+        if self.config.pretrained:
+            return load_encoder(self.config.pretrained)
+        return ViTEncoder(self.config.encoder)
+
+    @property
+    def encoder_origin(self) -> str:
+        pretrained = self.config.pretrained
+        return f"pretrained: {pretrained}" if pretrained else "from scratch"
+
+
+class ClassifyTask(_FinetuneTask):
     name = "finetune_cls"
+    config_type = FinetuneClsConfig
     store_kind = CLASSIFICATION
     fixed_sections = ("encoder", "pretrained", "linear_probe", "data")
 
-    def __init__(self, config):
-        self.config = config
-
-    def build_model(self) -> Classifier:
-        encoder, self.origin = _encoder(self.config)
-        return Classifier(encoder, num_classes=3, linear_probe=self.config.linear_probe)
+    def build_model(self, encoder: ViTConfig | None = None) -> Classifier:
+        return Classifier(
+            self.encoder(encoder), num_classes=len(CLASSES), linear_probe=self.config.linear_probe
+        )
 
     def loss(self, model, batch) -> torch.Tensor:
         logits = model(batch["image"])
@@ -96,20 +155,28 @@ class ClassifyTask:
             pred = self.predict(model, loader)
         R.curves(history, ["loss"], ["accuracy", "auc_macro"], out / "curves.png", "classification")
         R.classification_figures(pred, out)
-        return {"encoder": getattr(self, "origin", "")}
+        return {"encoder": self.encoder_origin}
+
+    def example_batch(self, batch_size: int, device: torch.device) -> dict:
+        size = self.config.encoder.image_size
+        return {
+            "image": torch.rand(batch_size, 1, size, size, device=device),
+            "label": torch.randint(0, len(CLASSES), (batch_size,), device=device),
+        }
 
 
-class SuperResolutionTask:
+class SuperResolutionTask(_FinetuneTask):
     name = "finetune_sr"
+    config_type = FinetuneSRConfig
     store_kind = SR
     fixed_sections = ("encoder", "pretrained", "features", "data")
+    FACTOR = 2
+    EXAMPLE_LR_SIZE = 75  # DeepLense's SR set: 75x75 -> 150x150
 
-    def __init__(self, config):
-        self.config = config
-
-    def build_model(self) -> SuperResolution:
-        encoder, self.origin = _encoder(self.config)
-        return SuperResolution(encoder, factor=2, features=self.config.features)
+    def build_model(self, encoder: ViTConfig | None = None) -> SuperResolution:
+        return SuperResolution(
+            self.encoder(encoder), factor=self.FACTOR, features=self.config.features
+        )
 
     def loss(self, model, batch) -> torch.Tensor:
         return F.mse_loss(model(batch["lr"]).float(), batch["hr"])
@@ -125,7 +192,23 @@ class SuperResolutionTask:
     def report(self, model, loader, history, out: Path) -> dict:
         R.curves(history, ["loss"], ["psnr", "ssim"], out / "curves.png", "super-resolution")
         R.sr_triptychs(model, loader, out / "triptychs.png")
-        return {"encoder": getattr(self, "origin", "")}
+        return {"encoder": self.encoder_origin}
+
+    def example_batch(self, batch_size: int, device: torch.device) -> dict:
+        n, f = self.EXAMPLE_LR_SIZE, self.FACTOR
+        return {
+            "lr": torch.rand(batch_size, 1, n, n, device=device),
+            "hr": torch.rand(batch_size, 1, f * n, f * n, device=device),
+        }
 
 
-TASKS = {"pretrain": PretrainTask, "finetune_cls": ClassifyTask, "finetune_sr": SuperResolutionTask}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (PretrainTask, ClassifyTask, SuperResolutionTask)
+}
+
+
+def model_from_checkpoint(state: dict) -> tuple[Task, nn.Module]:
+    """(task, model with the checkpoint's weights) for any lensperf checkpoint."""
+    if state.get("task") not in TASKS:
+        raise DataError(f"checkpoint of an unknown task {state.get('task')!r}")
+    return TASKS[state["task"]].from_checkpoint(state)

@@ -81,10 +81,12 @@ class Trainer:
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         o = self.config.optim
+        # Biases, norms and the parameters a model declares (its tokens) are not decayed.
+        exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
+                (no_decay if p.ndim < 2 or name in exempt else decay).append(p)
         groups = [
             {"params": decay, "weight_decay": o.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -102,7 +104,7 @@ class Trainer:
             "task": self.task.name,
             "config": to_dict(self.config),
             "model": self.model.state_dict(),
-            "encoder_config": to_dict(self.model.encoder.config),
+            **self.task.checkpoint_extras(self.model),
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
