@@ -10,7 +10,7 @@ from lensperf.config import load_config
 from lensperf.presets import preset
 from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
 from lensperf.simulate.runner import (
-    Task,
+    RenderJob,
     _init_classification,
     _init_sr,
     _render_classification,
@@ -26,14 +26,14 @@ CHUNK = 64
 def test_simulate_model_ii(benchmark, class_name):
     _init_classification(load_config(SimulationConfig, preset("data", "model_ii")))
     c = CLASSES.index(class_name)
-    task = Task("train", 0, np.full(CHUNK, c), np.arange(CHUNK))
-    benchmark(_render_classification, task)
+    job = RenderJob("train", 0, np.full(CHUNK, c), np.arange(CHUNK))
+    benchmark(_render_classification, job)
     benchmark.extra_info["images_per_s"] = CHUNK / benchmark.stats["median"]
 
 
 def test_simulate_sr_pairs(benchmark):
     _init_sr(load_config(SRSimulationConfig, preset("data", "sr")))
     n = 8
-    task = Task("train", 0, np.zeros(n, int), np.arange(n))
-    benchmark(_render_sr, task)
+    job = RenderJob("train", 0, np.zeros(n, int), np.arange(n))
+    benchmark(_render_sr, job)
     benchmark.extra_info["pairs_per_s"] = n / benchmark.stats["median"]

@@ -152,19 +152,19 @@ def _symmetry_of(image, original):
     return None
 
 
-@pytest.mark.parametrize("normalize", [None, (0.25, 0.3)])
-def test_symmetries_match_per_image_numpy(normalize):
+@pytest.mark.parametrize("standardise", [None, (0.25, 0.3)])
+def test_symmetries_match_per_image_numpy(standardise):
     images = np.random.default_rng(1).random((64, 2, 5, 5), dtype=np.float32)
     flags = np.array([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(8)] * 8, np.uint8)
     order = np.random.default_rng(2).permutation(64)
     images, flags = images[order], flags[order]
     rows = np.random.default_rng(3).permutation(64)  # gathered out of order, as from a chunk
-    got = take(images, rows, flag_codes(flags), normalize)
+    got = take(images, rows, flag_codes(flags), standardise)
     for r, (flip_h, flip_v, transpose), out in zip(rows, flags, got):
         want = np.flip(images[r], 2) if flip_h else images[r]
         want = np.flip(want, 1) if flip_v else want
         want = np.swapaxes(want, 1, 2) if transpose else want
-        if normalize is not None:
+        if standardise is not None:
             want = (want - np.float32(0.25)) * (np.float32(1) / np.float32(0.3))
         assert out.dtype == np.float32 and np.array_equal(out, want)
     assert len({out.tobytes() for out in got}) == 64  # eight distinct symmetries of each
@@ -195,7 +195,7 @@ def test_store_reads_match_numpy(cls_store, augment):
     indices = np.random.default_rng(3).permutation(reader.length)[:40]
     flags = np.random.default_rng(4).integers(0, 2, (40, 3), dtype=np.uint8)
     codes = flag_codes(flags) if augment else None
-    got = reader.read(indices, codes, normalize=(0.5, 2.0))
+    got = reader.read(indices, codes, standardise=(0.5, 2.0))
     stored = reader.read_all()
     want = stored["images"][indices]
     want = (apply_flags(want, flags) if augment else want) - np.float32(0.5)
@@ -217,7 +217,7 @@ def _make(store, backend, workers, **kw):
     "backend, workers", [("torch", 0), ("torch", 2), ("dali", 2), ("dali-graph", 1)]
 )
 def test_backends_give_the_same_samples(cls_store, backend, workers):
-    kw = dict(batch_size=32, seed=9, augment=True, normalize=(0.5, 0.3))
+    kw = dict(batch_size=32, seed=9, augment=True, standardise=(0.5, 0.3))
     loader = _make(cls_store, backend, workers, **dict(kw))
     for epoch in range(2):
         got, want = list(loader), list(_epoch(cls_store, epoch, **kw))

@@ -315,3 +315,20 @@ def test_tokens_biases_and_norms_are_not_decayed(task_name, tmp_path):
     assert exempt == {n for n, p in model.named_parameters() if p.ndim < 2 or n in tokens}
     assert "encoder.cls_token" in exempt and decay["weight_decay"] > 0
     assert len(decay["params"]) + len(exempt) == len(names)
+
+
+def test_train_and_eval_records_share_one_position(stores, tmp_path):
+    """step, epoch (fractional, epochs done) and images seen mean the same in both kinds of
+    record: an evaluation at the end of an epoch sits where that epoch's last step does."""
+    out = tmp_path / "pos"
+    train("pretrain", CONFIGS / "pretrain" / "demo.yaml", pretrain_overrides(stores, out))
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in records if "eval" not in r}
+    evals = [r["eval"] for r in records if "eval" in r]
+    assert [e["epoch"] for e in evals] == [1.0, 2.0]
+    for e in evals:
+        assert {k: steps[e["step"]][k] for k in ("step", "epoch", "images")} == {
+            k: e[k] for k in ("step", "epoch", "images")
+        }
+    no_sub_train = 24 - 2
+    assert evals[-1]["images"] == 2 * no_sub_train

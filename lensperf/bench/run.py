@@ -33,7 +33,7 @@ from lensperf.runtime import native_bf16
 from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, PretrainConfig
 from lensperf.train.tasks import TASKS
 
-# The reference size: ViT 192-d, 6 blocks, 64x64 images, patch 8, mask 0.75.
+# The bench's reference size: ViT 192-d, 6 blocks, 64x64 images, patch 8, mask 0.75.
 ENCODER = ViTConfig(image_size=64, patch_size=8, dim=192, depth=6, heads=3)
 MAE_CONFIG = MAEConfig(encoder=ENCODER, decoder_dim=128, decoder_depth=2, decoder_heads=4)
 BENCH_CONFIGS = {

@@ -10,6 +10,7 @@ from lensperf.data.loader import Loader
 from lensperf.data.plan import EpochPlan
 from lensperf.data.reader import StoreReader
 from lensperf.errors import DataError
+from lensperf.store import SPLITS
 
 BACKENDS = ("dali", "torch", "memory")
 
@@ -29,7 +30,7 @@ def make_loader(
     drop_last: bool = False,
     kind: str | None = None,
     num_workers: int = 0,
-    normalize: tuple[float, float] | None = None,
+    standardise: tuple[float, float] | None = None,
     classes: tuple[str, ...] = (),
 ) -> Loader:
     """An iterable of batches (dicts of tensors on `device`) over `split` of `store`.
@@ -38,12 +39,13 @@ def make_loader(
     `num_workers` threads), "torch" (batches built in this process, `num_workers` threads
     ahead; 0: when asked for) or "memory" (the whole split in RAM, built the same way).
     Every backend gives the same samples in the same order for the same seed. `classes`
-    restricts a classification split to those classes (empty: all).
+    restricts a classification split to those classes (empty: all). `standardise=(mean, std)`
+    maps every image x to (x - mean) / std as the batch is gathered.
     """
     if backend not in BACKENDS:
         raise DataError(f"unknown loader backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if split not in ("train", "val"):
-        raise DataError(f"unknown split {split!r} (train or val)")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} ({' or '.join(SPLITS)})")
     reader = StoreReader(store, split, kind)
     keep = reader.class_mask(classes) if classes else None
     try:
@@ -54,7 +56,7 @@ def make_loader(
         )  # fmt: skip
     except ValueError as error:
         raise DataError(str(error)) from None
-    common = dict(device=device, augment=augment, normalize=normalize)
+    common = dict(device=device, augment=augment, standardise=standardise)
     if backend == "dali":
         from lensperf.data.dali_backend import DaliLoader
 

@@ -1,11 +1,11 @@
-"""The lensing symmetries and the normalisation, applied as a batch is gathered.
+"""The lensing symmetries and the standardisation, applied as a batch is gathered.
 
 Images are (B, C, H, W); flags (B, 3): horizontal flip, vertical flip, transpose, folded into one
 code per image (`flag_codes`). The torch backend and DALI's CPU pipeline apply them with the
 compiled `gather_transform`; DALI's GPU graph applies the same flags with its own operators, and
 `SYMMETRIES` (numpy views) is the reference all of them are tested against.
 
-Normalisation is (x - mean) * (1 / std) in float32, the same two operations on every backend
+Standardisation is (x - mean) * (1 / std) in float32, the same two operations on every backend
 (DALI's graph included), so every backend gives the same bits.
 """
 
@@ -42,11 +42,11 @@ def apply_flags(images_BCHW: np.ndarray, flags_B3: np.ndarray) -> np.ndarray:
     return np.stack([SYMMETRIES[c](im) for im, c in zip(images_BCHW, flag_codes(flags_B3))])
 
 
-def normalisation(normalize: tuple[float, float] | None) -> tuple[np.float32, np.float32]:
-    """(shift, scale) for x -> (x - shift) * scale; the identity when `normalize` is None."""
-    if normalize is None:
+def standardisation(standardise: tuple[float, float] | None) -> tuple[np.float32, np.float32]:
+    """(shift, scale) for x -> (x - shift) * scale; the identity when `standardise` is None."""
+    if standardise is None:
         return np.float32(0), np.float32(1)
-    mean, std = normalize
+    mean, std = standardise
     return np.float32(mean), np.float32(1) / np.float32(std)
 
 
@@ -56,9 +56,9 @@ def gather(
     positions: np.ndarray,
     rows: np.ndarray,
     codes: np.ndarray | None,
-    normalize: tuple[float, float] | None,
+    standardise: tuple[float, float] | None,
 ) -> np.ndarray:
-    """out[positions[k]] = normalised SYMMETRIES[codes[k]](src[rows[k]]) for every k, in one
+    """out[positions[k]] = standardised SYMMETRIES[codes[k]](src[rows[k]]) for every k, in one
     compiled pass (no codes: no symmetry). A bad index is an error before anything is copied."""
     n = len(rows)
     codes = np.zeros(n, np.int64) if codes is None else codes
@@ -66,7 +66,7 @@ def gather(
         raise DataError(f"images must be (n, C, H, W) alike; got {out.shape} and {src.shape}")
     if not len(positions) == n == len(codes):
         raise DataError("positions, rows and codes differ in length")
-    shift, scale = (out.dtype.type(v) for v in normalisation(normalize))
+    shift, scale = (out.dtype.type(v) for v in standardisation(standardise))
     status = gather_transform(out, src, _ints(positions), _ints(rows), _ints(codes), shift, scale)
     if status == OUT_OF_RANGE:
         raise DataError("a row, position or symmetry index is out of range")
@@ -84,9 +84,9 @@ def take(
     values: np.ndarray,
     indices: np.ndarray,
     codes: np.ndarray | None,
-    normalize: tuple[float, float] | None = None,
+    standardise: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """Images values[indices], each transformed by SYMMETRIES[codes[i]] and normalised, as a
+    """Images values[indices], each transformed by SYMMETRIES[codes[i]] and standardised, as a
     new array."""
     out = np.empty((len(indices),) + values.shape[1:], values.dtype)
-    return gather(out, values, np.arange(len(indices)), indices, codes, normalize)
+    return gather(out, values, np.arange(len(indices)), indices, codes, standardise)

@@ -2,7 +2,7 @@
 lazily and builds batches ahead on `num_workers` threads) feeds a DALI graph.
 
 On CUDA the graph moves the images to the GPU and applies the augmentation flags and the
-normalisation there. A CPU-only pipeline (device_id=None) leaves them to the worker's
+standardisation there. A CPU-only pipeline (device_id=None) leaves them to the worker's
 compiled gather instead (augment.py): DALI's CPU flip, transpose and arithmetic ran at 80k, 100k
 and 104k images/s on 64x64 batches here (about 40k for all three). Flags come
 from the plan, not DALI's RNG, so every backend gives the same samples and a resumed run
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from lensperf.data.augment import normalisation
+from lensperf.data.augment import standardisation
 from lensperf.data.loader import Loader, StoreBatches
 from lensperf.data.prefetch import Key, Prefetcher
 from lensperf.errors import DataError
@@ -29,14 +29,14 @@ from lensperf.errors import DataError
 class _Source:
     """DALI batch-mode callback: BatchInfo(iteration, epoch_idx) -> the plan's batch.
 
-    `graph_ops`: the DALI graph applies augmentation and normalisation, so this hands over raw
+    `graph_ops`: the DALI graph applies augmentation and standardisation, so this hands over raw
     rows and the flags; otherwise this applies them itself and the flags are all zero."""
 
     def __init__(self, loader: Loader, start_epoch: int, start_batch: int, graph_ops: bool):
         self.plan = loader.plan
         self.batches = StoreBatches(
             loader.reader, loader.plan, augment=loader.augment and not graph_ops,
-            normalize=None if graph_ops else loader.normalize,
+            standardise=None if graph_ops else loader.standardise,
         )  # fmt: skip
         self.graph_ops, self.graph_flags = graph_ops, loader.augment and graph_ops
         self.threads = loader.num_workers
@@ -77,7 +77,7 @@ class DaliLoader(Loader):
         self, reader, plan, *, num_workers: int = 2, prefetch: int = 2,
         graph_ops: bool | None = None, **kw,
     ):  # fmt: skip
-        """graph_ops: augment and normalise in the DALI graph (default: on GPU pipelines only;
+        """graph_ops: augment and standardise in the DALI graph (default: on GPU pipelines only;
         tests set it to check the graph's operators on the CPU)."""
         super().__init__(reader, plan, **kw)
         self.num_workers = max(1, num_workers)  # threads in the one worker process
@@ -94,8 +94,8 @@ class DaliLoader(Loader):
         source = _Source(self, epoch, start, graph_ops)
         layout = self.reader.layout
         image_outputs = [layout.batch_names[name] for name in layout.images]
-        normalize = self.normalize
-        shift, scale = normalisation(normalize)
+        standardise = self.standardise
+        shift, scale = standardisation(standardise)
 
         @pipeline_def(enable_conditionals=True)
         def pipeline():
@@ -116,7 +116,7 @@ class DaliLoader(Loader):
                     node = fn.flip(node, horizontal=flip_h, vertical=flip_v)
                     if transpose:
                         node = fn.transpose(node, perm=[0, 2, 1], output_layout="CHW")
-                    if normalize is not None:  # the same float32 ops as augment.gather
+                    if standardise is not None:  # the same float32 ops as augment.gather
                         node = (node - float(shift)) * float(scale)
                 outputs.append(node)
             return (*outputs, named["index"])

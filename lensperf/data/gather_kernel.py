@@ -1,8 +1,8 @@
 """One compiled pass that gathers a batch's images, applies each image's lensing symmetry and
-normalises it: out[positions[k]] = (SYMMETRIES[codes[k]](src[rows[k]]) - shift) * scale.
+standardises it: out[positions[k]] = (SYMMETRIES[codes[k]](src[rows[k]]) - shift) * scale.
 
 numba comes with lenstronomy. In numpy the same batch took one strided copy per image and a
-separate normalisation pass: 256 64x64 images with random symmetries cost 1.2 ms here against
+separate standardisation pass: 256 64x64 images with random symmetries cost 1.2 ms here against
 0.55 ms for this kernel, and numpy's per-image copies held the GIL between images, so two loader
 threads slowed each other down. This kernel releases the GIL for the whole batch.
 

@@ -27,21 +27,21 @@ def build_batch(
     batch: int,
     *,
     augment: bool,
-    normalize: tuple[float, float] | None,
+    standardise: tuple[float, float] | None,
     order: np.ndarray | None = None,
     arrays: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """One batch in numpy: rows from the store (or from `arrays` held in memory), each image
-    given the plan's symmetry and normalised as it is gathered, LR and HR alike."""
+    given the plan's symmetry and standardised as it is gathered, LR and HR alike."""
     indices = plan.batch_indices(epoch, batch, order)
     codes = flag_codes(plan.augment_flags(epoch, batch, len(indices))) if augment else None
     if arrays:
         rows = {
-            k: take(v, indices, codes, normalize) if k in reader.layout.images else v[indices]
+            k: take(v, indices, codes, standardise) if k in reader.layout.images else v[indices]
             for k, v in arrays.items()
         }
     else:
-        rows = reader.read(indices, codes, normalize)
+        rows = reader.read(indices, codes, standardise)
     names = reader.layout.batch_names
     out = {names[k]: v for k, v in rows.items() if k in names}
     out["index"] = indices
@@ -59,11 +59,11 @@ class StoreBatches(Dataset):
         plan: EpochPlan,
         *,
         augment: bool,
-        normalize: tuple[float, float] | None,
+        standardise: tuple[float, float] | None,
         arrays: dict | None = None,
     ):
         self.reader, self.plan, self.arrays = reader, plan, arrays
-        self.augment, self.normalize = augment, normalize
+        self.augment, self.standardise = augment, standardise
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, order), swapped whole
 
     def __len__(self) -> int:
@@ -76,7 +76,7 @@ class StoreBatches(Dataset):
             cached = self._order = (epoch, self.plan.order(epoch))
         return build_batch(
             self.reader, self.plan, epoch, batch, augment=self.augment,
-            normalize=self.normalize, order=cached[1], arrays=self.arrays,
+            standardise=self.standardise, order=cached[1], arrays=self.arrays,
         )  # fmt: skip
 
 
@@ -90,13 +90,13 @@ class Loader:
         *,
         device: str | torch.device = "cpu",
         augment: bool = False,
-        normalize: tuple[float, float] | None = None,
+        standardise: tuple[float, float] | None = None,
     ):
         self.reader = reader
         self.plan = plan
         self.device = torch.device(device)
         self.augment = augment
-        self.normalize = normalize
+        self.standardise = standardise
         self.epoch = 0
         self.batch = 0  # the next batch of `epoch` to hand out
 

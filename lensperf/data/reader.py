@@ -108,11 +108,11 @@ class StoreReader:
         self,
         indices: np.ndarray,
         codes: np.ndarray | None = None,
-        normalize: tuple[float, float] | None = None,
+        standardise: tuple[float, float] | None = None,
     ) -> dict[str, np.ndarray]:
         """{array name: rows at `indices`} in the order given, each image transformed by
-        SYMMETRIES[codes[i]] when `codes` (augment.flag_codes) are given and normalised when
-        `normalize` (mean, std) is: one compiled pass per chunk the batch touches."""
+        SYMMETRIES[codes[i]] when `codes` (augment.flag_codes) are given and standardised when
+        `standardise` (mean, std) is: one compiled pass per chunk the batch touches."""
         indices = np.asarray(indices, dtype=np.int64)
         chunk_of = indices // self.chunk
         local = indices - chunk_of * self.chunk
@@ -124,7 +124,7 @@ class StoreReader:
         for name in self.layout.images:
             rows = np.empty((len(indices),) + self.shapes[name], dtype=self._open()[name].dtype)
             for c, where, in_chunk, some_codes in groups:
-                gather(rows, self._chunk(name, c), where, in_chunk, some_codes, normalize)
+                gather(rows, self._chunk(name, c), where, in_chunk, some_codes, standardise)
             out[name] = rows
         return out
 

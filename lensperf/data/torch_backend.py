@@ -17,7 +17,7 @@ class TorchLoader(Loader):
     def __init__(self, reader, plan, *, num_workers: int = 0, in_memory: bool = False, **kw):
         super().__init__(reader, plan, **kw)
         self.dataset = StoreBatches(
-            reader, plan, augment=self.augment, normalize=self.normalize,
+            reader, plan, augment=self.augment, standardise=self.standardise,
             arrays=reader.read_all() if in_memory else None,
         )  # fmt: skip
         self.num_workers = num_workers

@@ -1,6 +1,6 @@
 """Simulate whole datasets in parallel and write them as stores.
 
-Work is cut into tasks of one store chunk each; workers render tasks and the main process
+Work is cut into jobs of one store chunk each; workers render jobs and the main process
 writes them, so chunk writes never overlap. Image i of class c is drawn from the generator
 (seed, c, i) alone, so the store is byte-identical whatever the number of workers.
 """
@@ -27,16 +27,16 @@ SR_STREAM = 7  # generator stream of SR scenes, apart from the class streams 0, 
 
 
 @dataclass(frozen=True)
-class Task:
+class RenderJob:
     split: str
     start: int  # first row in the split's arrays
     classes: np.ndarray  # (n,) class index of each image
     indices: np.ndarray  # (n,) index of each image within its class
 
 
-def _tasks(split: str, classes: np.ndarray, indices: np.ndarray, chunk: int) -> list[Task]:
+def _jobs(split: str, classes: np.ndarray, indices: np.ndarray, chunk: int) -> list[RenderJob]:
     return [
-        Task(split, start, classes[start : start + chunk], indices[start : start + chunk])
+        RenderJob(split, start, classes[start : start + chunk], indices[start : start + chunk])
         for start in range(0, len(classes), chunk)
     ]
 
@@ -53,15 +53,15 @@ def _init_classification(config: SimulationConfig) -> None:
     _worker["seed"] = config.seed
 
 
-def _render_classification(task: Task) -> tuple[Task, dict[str, np.ndarray]]:
+def _render_classification(job: RenderJob) -> tuple[RenderJob, dict[str, np.ndarray]]:
     sampler, renderer = _worker["sampler"], _worker["renderer"]
     images, masses = [], []
-    for c, i in zip(task.classes, task.indices):
+    for c, i in zip(job.classes, job.indices):
         rng = image_rng(_worker["seed"], int(c), int(i))
         scene = sampler.draw(CLASSES[c], rng)
         images.append(renderer.observe(scene, rng))
         masses.append(scene.axion_mass)
-    return task, {"images": np.stack(images)[:, None], "axion_mass": np.asarray(masses, np.float32)}
+    return job, {"images": np.stack(images)[:, None], "axion_mass": np.asarray(masses, np.float32)}
 
 
 def _init_sr(config: SRSimulationConfig) -> None:
@@ -80,28 +80,28 @@ def _init_sr(config: SRSimulationConfig) -> None:
     _worker["seed"] = config.seed
 
 
-def _render_sr(task: Task) -> tuple[Task, dict[str, np.ndarray]]:
+def _render_sr(job: RenderJob) -> tuple[RenderJob, dict[str, np.ndarray]]:
     lrs, hrs = [], []
-    for i in task.indices:
+    for i in job.indices:
         rng = image_rng(_worker["seed"], SR_STREAM, int(i))
         scene = _worker["sampler"].draw("no_sub", rng)
         hrs.append(_worker["hr"].observe(scene, rng))
         lrs.append(_worker["lr"].observe(scene, rng))
-    return task, {"lr": np.stack(lrs)[:, None], "hr": np.stack(hrs)[:, None]}
+    return job, {"lr": np.stack(lrs)[:, None], "hr": np.stack(hrs)[:, None]}
 
 
 def _run(
-    init: Callable, render: Callable, config, tasks: list[Task], workers: int
+    init: Callable, render: Callable, config, jobs: list[RenderJob], workers: int
 ) -> Iterator[tuple]:
-    """Yield render(task) for every task, in order, from `workers` processes."""
+    """Yield render(job) for every job, in order, from `workers` processes."""
     if workers <= 1:
         init(config)
-        yield from map(render, tasks)
+        yield from map(render, jobs)
         return
     # spawn, not fork: the parent may hold torch or zarr threads that fork would copy broken.
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=init, initargs=(config,)) as pool:
-        yield from pool.imap(render, tasks)
+        yield from pool.imap(render, jobs)
 
 
 def default_workers() -> int:
@@ -136,7 +136,7 @@ def simulate_classification(
             config=to_dict(config),
             seed=config.seed,
         )
-        arrays, tasks = {}, []
+        arrays, jobs = {}, []
         for split, order in splits.items():
             m = len(order)
             arrays[split] = {
@@ -144,8 +144,8 @@ def simulate_classification(
                 "axion_mass": writer.create(split, "axion_mass", (m,), "float32", chunk),
             }
             writer.create(split, "labels", (m,), "int64", chunk)[:] = classes[order]
-            tasks += _tasks(split, classes[order], indices[order], chunk)
-        results = _run(_init_classification, _render_classification, config, tasks, workers)
+            jobs += _jobs(split, classes[order], indices[order], chunk)
+        results = _run(_init_classification, _render_classification, config, jobs, workers)
         _write_all(results, arrays, total=len(classes), desc=f"simulate {config.name}")
     return Path(out)
 
@@ -173,24 +173,24 @@ def simulate_sr(
             config=to_dict(config),
             seed=config.seed,
         )
-        arrays, tasks = {}, []
+        arrays, jobs = {}, []
         for split, order in splits.items():
             m = len(order)
             arrays[split] = {
                 "lr": writer.create(split, "lr", (m, 1, lr_size, lr_size), "float32", chunk),
                 "hr": writer.create(split, "hr", (m, 1, hr_size, hr_size), "float32", chunk),
             }
-            tasks += _tasks(split, zeros[order], order, chunk)
-        results = _run(_init_sr, _render_sr, config, tasks, workers)
+            jobs += _jobs(split, zeros[order], order, chunk)
+        results = _run(_init_sr, _render_sr, config, jobs, workers)
         _write_all(results, arrays, total=config.n, desc=f"simulate {config.name}")
     return Path(out)
 
 
 def _write_all(results: Iterable[tuple], arrays: dict, *, total: int, desc: str) -> None:
-    """Write each task's named outputs into rows [start, start + n) of arrays[split][name]."""
+    """Write each job's named outputs into rows [start, start + n) of arrays[split][name]."""
     with progress(total=total, desc=desc, unit="img") as bar:
-        for task, outputs in results:
-            n = len(task.indices)
+        for job, outputs in results:
+            n = len(job.indices)
             for name, values in outputs.items():
-                arrays[task.split][name][task.start : task.start + n] = values
+                arrays[job.split][name][job.start : job.start + n] = values
             bar.update(n)

@@ -30,15 +30,8 @@ def curves(history: dict, train_keys, eval_keys, path: Path, title: str) -> None
     fig, axes = plt.subplots(1, 1 + len(eval_keys), figsize=(4 * (1 + len(eval_keys)), 3.2))
     axes = np.atleast_1d(axes)
     train = history["train"]
-    steps_per_epoch = max(1, max((r["step"] for r in train), default=1)) / max(
-        1, max((r["epoch"] for r in train), default=0) + 1
-    )
     for key in train_keys:
-        axes[0].plot(
-            [r["step"] / steps_per_epoch for r in train],
-            [r[key] for r in train],
-            label=f"train {key}",
-        )
+        axes[0].plot([r["epoch"] for r in train], [r[key] for r in train], label=f"train {key}")
     for ax, key in zip(axes[1:], eval_keys):
         points = [(r["epoch"], r[key]) for r in history["eval"] if key in r]
         if points:

@@ -110,6 +110,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "loader": self.train_loader.state_dict(),
             "step": self.step,
+            "images_seen": self.images_seen,
             "history": self.history,
         }
 
@@ -134,6 +135,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.train_loader.load_state_dict(state["loader"])
         self.step = int(state["step"])
+        self.images_seen = int(state.get("images_seen", 0))
         self.history = state["history"]
 
     # ------------------------------------------------------------ loop
@@ -147,7 +149,7 @@ class Trainer:
         c = self.config
         self.model = self.task.build_model().to(self.device)
         self.optimizer = self._optimizer(self.model)
-        self.step, self.history = 0, {"train": [], "eval": []}
+        self.step, self.images_seen, self.history = 0, 0, {"train": [], "eval": []}
         if self.resume and self.checkpoint_path.exists():
             self._restore()
         elif self.rank == 0:
@@ -174,7 +176,7 @@ class Trainer:
             if stopped:
                 return {"stopped_at_step": self.step}
             if (epoch + 1) % c.runtime.eval_every == 0 or self.step >= total:
-                self._evaluate(epoch)
+                self._evaluate()
             self._save()
         metrics = self._finish(time.perf_counter() - start)
         if self.world > 1:
@@ -204,10 +206,11 @@ class Trainer:
             self._guard(grad_norm, "gradient norm")
             self.optimizer.step()
             self.step += 1
+            self.images_seen += len(batch["index"]) * self.world
             self._window = (self._window[0], self._window[1] + len(batch["index"]))
             end_of_epoch = self.train_loader.batch == len(self.train_loader)
             if self.rank == 0 and (self.step % c.runtime.log_every == 0 or end_of_epoch):
-                self._log_step(epoch, loss, lr, grad_norm, bar)
+                self._log_step(loss, lr, grad_norm, bar)
             if bar is not None:
                 bar.update(1)
             if c.runtime.checkpoint_every and self.step % c.runtime.checkpoint_every == 0:
@@ -223,11 +226,10 @@ class Trainer:
         dtype = self.amp_dtype or torch.float32
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
 
-    def _log_step(self, epoch: int, loss, lr: float, grad_norm, bar) -> None:
+    def _log_step(self, loss, lr: float, grad_norm, bar) -> None:
         started, images = self._window
         record = {
-            "step": self.step,
-            "epoch": epoch,
+            **self._position(),
             "loss": loss.item(),
             "lr": lr,
             "grad_norm": grad_norm.item(),
@@ -239,6 +241,12 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4g}", img_s=f"{record['images_per_s']:.0f}")
         self._window = (time.perf_counter(), 0)
+
+    def _position(self) -> dict:
+        """Where training stands, the same in train and eval records: steps done, epochs done
+        (fractional), and images seen over all ranks."""
+        epochs = self.step / len(self.train_loader)
+        return {"step": self.step, "epoch": round(epochs, 4), "images": self.images_seen}
 
     def _guard(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value).all():
@@ -253,7 +261,7 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def _evaluate(self, epoch: int) -> None:
+    def _evaluate(self) -> None:
         if self.rank != 0:
             if self.world > 1:
                 dist.barrier()
@@ -262,7 +270,7 @@ class Trainer:
         with self._autocast():
             metrics = self.task.evaluate(self.model, self.val_loader)
         elapsed = time.perf_counter() - self._t0
-        record = {"step": self.step, "epoch": epoch + 1, "elapsed_s": elapsed, **metrics}
+        record = {**self._position(), "elapsed_s": elapsed, **metrics}
         self.history["eval"].append(record)
         with (self.run_dir / "log.jsonl").open("a") as f:
             f.write(json.dumps({"eval": record}) + "\n")
@@ -282,7 +290,7 @@ class Trainer:
             "epochs": self.config.epochs,
             "train_seconds_this_session": seconds,
             "median_images_per_s": float(sorted(rates)[len(rates) // 2]) if rates else None,
-            **{k: v for k, v in final.items() if k not in ("step", "epoch", "elapsed_s")},
+            **{k: v for k, v in final.items() if k not in ("step", "epoch", "images", "elapsed_s")},
         }
         report_dir = self.run_dir / "report"
         report_dir.mkdir(parents=True, exist_ok=True)
