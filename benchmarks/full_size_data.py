@@ -1,4 +1,5 @@
-"""Full-size data benchmark: the loaders' and importer's speed at DeepLense size, measured end to end on this machine.
+"""Full-size data benchmark: the loaders' and the importer's speed at DeepLense size, measured
+end to end on this machine.
 
 1. simulate a Model II-size classification set (89,106 images = 3 x 29,702);
 2. simulate 10,000 SR pairs;
