@@ -15,6 +15,7 @@ def markdown(results: dict) -> str:
         f"- timing: {results['timing']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         "",
+        *(time_to_target_section(results["time_to_target"]) if "time_to_target" in results else []),
         "## Training throughput (images/s, median of timed windows after warm-up)",
         "",
         "| task | batch | mode | images/s | vs eager fp32 | GFLOP/image | of matmul peak |",
@@ -56,20 +57,74 @@ def markdown(results: dict) -> str:
     )
     lines += ["", "## Loader (images/s, batches of 256)", ""]
     lines += [f"- {k}: {v:.0f}" for k, v in results["loader_images_per_s"].items()]
-    if "time_to_target" in results:
-        lines += ["", "## Time to target (demo recipes, from scratch)", ""]
-        for task, r in results["time_to_target"].items():
-            reached = (
-                f"{r['reached_after_s']:.0f} s"
-                if r["reached_after_s"] is not None
-                else "not reached"
-            )
-            lines.append(
-                f"- {task}: {r['metric']} >= {r['target']}: {reached} "
-                f"(best {r['best']:.4f} in {r['epochs_run']} epochs, {r['wall_s']:.0f} s)"
-            )
     lines += ["", "Where the time goes in one MAE step: profile.txt.", ""]
     return "\n".join(lines)
+
+
+def _minutes(point: dict | None) -> str:
+    return "-" if point is None else f"{point['train_s'] / 60:.1f}"
+
+
+def time_to_target_section(t: dict) -> list[str]:
+    """The headline: minutes of training (evaluation left out) to each accuracy target."""
+    targets = list(next(iter(t["routes"].values()))["time_to_accuracy"])
+    auc = next(iter(next(iter(t["routes"].values()))["time_to_auc"]))
+    lines = [
+        f"## Time to accuracy ({t['recipe']} recipes, store {t['store']})",
+        "",
+        "Minutes of training wall time (evaluation excluded; a pretraining route's pretraining "
+        "included) to the first validation evaluation at or above each accuracy; '-': not "
+        "reached.",
+        "",
+        "| route | " + " | ".join(f"acc {x}" for x in targets)
+        + f" | AUC {auc} | final accuracy | final macro AUC | minutes |",
+        "|---" * (len(targets) + 5) + "|",
+    ]  # fmt: skip
+    for r in t["routes"].values():
+        final = r["final"]
+        cells = [_minutes(r["time_to_accuracy"][x]) for x in targets]
+        lines.append(
+            f"| {r['label']} | " + " | ".join(cells) + f" | {_minutes(r['time_to_auc'][auc])} | "
+            f"{final['accuracy']:.4f} | {final['auc_macro']:.4f} | {final['train_s'] / 60:.1f} |"
+        )
+    sr = t.get("sr")
+    if sr:
+        lines += [
+            "",
+            f"Super-resolution from the MAE route's encoder: PSNR {sr['psnr']:.2f} dB (bicubic "
+            f"{sr['bicubic_psnr']:.2f}, +{sr['psnr_gain_db']:.2f} dB), SSIM {sr['ssim']:.4f}, "
+            f"in {sr['train_seconds'] / 60:.1f} min (targets: PSNR >= {sr['targets']['psnr']}, "
+            f"SSIM >= {sr['targets']['ssim']}, >= +{sr['targets']['psnr_gain_db']} dB).",
+        ]
+    return lines + ["", "Curves: time_to_accuracy.png.", ""]
+
+
+def plot_time_to_accuracy(t: dict, path: Path) -> None:
+    """Accuracy and macro AUC of every route against minutes of training and images seen."""
+    from matplotlib.figure import Figure  # drawn without pyplot: no global backend touched
+
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2)
+    for r in t["routes"].values():
+        style = (
+            "--" if r["offset_s"] == 0 and len(r["stages"]) == 1 and "only" in r["label"] else "-"
+        )
+        curve = r["curve"]
+        for row, key in enumerate(("accuracy", "auc_macro")):
+            minutes = [p["train_s"] / 60 for p in curve]
+            images = [p["images"] for p in curve]
+            values = [p[key] for p in curve]
+            axes[row, 0].plot(minutes, values, style, marker=".", label=r["label"])
+            axes[row, 1].plot(images, values, style, marker=".", label=r["label"])
+    for row, key in enumerate(("validation accuracy", "validation macro AUC")):
+        axes[row, 0].set_ylabel(key)
+        axes[row, 0].set_xlabel("training minutes")
+        axes[row, 1].set_xlabel("images seen")
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def plot(results: dict, path: Path) -> None:

@@ -12,6 +12,7 @@ Standardisation is (x - mean) * (1 / std) in float32, the same two operations on
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from lensperf.data.gather_kernel import NOT_SQUARE, OUT_OF_RANGE, gather_transform
 from lensperf.errors import DataError
@@ -30,6 +31,13 @@ def _symmetry(code: int):
 
 
 SYMMETRIES = tuple(_symmetry(code) for code in range(8))
+
+
+def symmetric_view(images: torch.Tensor, code: int) -> torch.Tensor:
+    """SYMMETRIES[code] of a (..., H, W) tensor, in torch (test-time averaging over the group)."""
+    images = images.flip(-1) if code & 4 else images
+    images = images.flip(-2) if code & 2 else images
+    return images.transpose(-1, -2) if code & 1 else images
 
 
 def flag_codes(flags_B3: np.ndarray) -> np.ndarray:

@@ -24,6 +24,16 @@ class Classifier(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.num_layers
+
+    def layer_of(self, name: str) -> int:
+        """The encoder's layers, then the head on top at the full learning rate."""
+        if name.startswith("encoder."):
+            return self.encoder.layer_of(name.removeprefix("encoder."))
+        return self.num_layers
+
     def embed(self, images_BCHW: Tensor) -> Tensor:
         """(B, D) image embeddings: the mean of the encoder's patch tokens."""
         return self.encoder(images_BCHW)[:, 1:].mean(dim=1)

@@ -8,6 +8,7 @@ Positions are computed for whatever grid an image gives (not learned), so one en
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,14 @@ class ViTConfig:
     depth: int = 6
     heads: int = 3
     mlp_ratio: float = 4.0
+    # "patch": one linear map per patch (a strided convolution); "conv": stride-2 3x3
+    # convolutions down to the patch grid, then a 1x1 one (early convolutions; see ConvStem).
+    stem: Literal["patch", "conv"] = "patch"
+    drop_path: float = 0.0  # stochastic depth at the last block; linear in depth from 0
+    # The model standardises its input: x -> (x - input_mean) / input_std, so the preprocessing
+    # travels with the weights into every checkpoint, export and prediction.
+    input_mean: float = 0.0
+    input_std: float = 1.0
 
     def __post_init__(self):
         require(self.patch_size >= 1, "patch_size", "must be at least 1")
@@ -36,6 +45,15 @@ class ViTConfig:
         require(self.dim % self.heads == 0, "heads", f"must divide dim={self.dim}")
         require(self.depth >= 1, "depth", "must be at least 1")
         require(self.mlp_ratio > 0, "mlp_ratio", "must be positive")
+        require(0 <= self.drop_path < 1, "drop_path", "must be in [0, 1)")
+        require(self.input_std > 0, "input_std", "must be positive")
+        if self.stem == "conv":
+            p = self.patch_size
+            require(
+                p >= 2 and p & (p - 1) == 0,
+                "patch_size",
+                "must be a power of two >= 2 for stem=conv",
+            )
 
 
 def sincos_positions(grid_h: int, grid_w: int, dim: int) -> Tensor:
@@ -69,18 +87,46 @@ class Attention(nn.Module):
         return self.proj(out_BHNd.transpose(1, 2).reshape(B, N, D))
 
 
+def drop_path(x_BND: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth: zero a residual branch for a random fraction p of the samples, scaling
+    the rest by 1 / (1 - p)."""
+    if p == 0 or not training:
+        return x_BND
+    keep_B11 = x_BND.new_empty(x_BND.shape[0], 1, 1).bernoulli_(1 - p)
+    return x_BND * keep_B11 / (1 - p)
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0):
         super().__init__()
         hidden = int(dim * mlp_ratio)
+        self.drop_path = drop_path
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+
+class ConvStem(nn.Module):
+    """Images (B, C, H, W) -> (B, D, H/p, W/p) by log2(p) stride-2 3x3 convolutions (widths
+    D/p, 2D/p, ...) and a 1x1 one: early convolutions see local structure across patch borders
+    (Xiao et al. 2021, "Early convolutions help transformers see better")."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int):
+        super().__init__()
+        layers, c_in, width = [], in_chans, max(8, dim // patch_size)
+        for _ in range(patch_size.bit_length() - 1):
+            layers += [nn.Conv2d(c_in, width, 3, stride=2, padding=1), nn.GELU()]
+            c_in, width = width, 2 * width
+        layers.append(nn.Conv2d(c_in, dim, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        return self.layers(images_BCHW)
 
 
 class ViTEncoder(nn.Module):
@@ -88,11 +134,15 @@ class ViTEncoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.patch_embed = nn.Conv2d(
-            c.in_chans, c.dim, kernel_size=c.patch_size, stride=c.patch_size
-        )
+        if c.stem == "conv":
+            self.patch_embed = ConvStem(c.in_chans, c.dim, c.patch_size)
+        else:
+            self.patch_embed = nn.Conv2d(
+                c.in_chans, c.dim, kernel_size=c.patch_size, stride=c.patch_size
+            )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
-        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        rates = [c.drop_path * i / max(1, c.depth - 1) for i in range(c.depth)]
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(c.dim)
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
@@ -101,13 +151,30 @@ class ViTEncoder(nn.Module):
         """Parameters AdamW must not decay, besides biases and norms."""
         return {"cls_token"}
 
+    @property
+    def num_layers(self) -> int:
+        return self.config.depth + 1
+
+    def layer_of(self, name: str) -> int:
+        """Layer of a parameter, for layer-wise lr decay: 0 the embedding, i + 1 block i,
+        num_layers the final norm."""
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.num_layers if name.startswith("norm.") else 0
+
+    def standardise(self, images_BCHW: Tensor) -> Tensor:
+        c = self.config
+        if c.input_mean == 0 and c.input_std == 1:
+            return images_BCHW
+        return (images_BCHW - c.input_mean) * (1 / c.input_std)
+
     def patchify(self, images_BCHW: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Patch tokens with positions added: (B, L, D), and the (rows, cols) grid."""
         p = self.config.patch_size
         H, W = images_BCHW.shape[-2:]
         if H % p or W % p:
             raise ValueError(f"image {H}x{W} is not divisible by patch size {p}")
-        tokens_BDhw = self.patch_embed(images_BCHW)
+        tokens_BDhw = self.patch_embed(self.standardise(images_BCHW))
         grid = tokens_BDhw.shape[-2:]
         tokens_BLD = tokens_BDhw.flatten(2).transpose(1, 2)
         pos_LD = sincos_positions(*grid, self.config.dim).to(tokens_BLD)

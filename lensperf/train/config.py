@@ -7,6 +7,7 @@ from typing import Literal
 
 from lensperf.config import require
 from lensperf.models.mae import MAEConfig
+from lensperf.models.resnet import ResNetConfig
 from lensperf.models.vit import ViTConfig
 
 
@@ -33,6 +34,10 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0  # 0 disables clipping (the non-finite guard still runs)
+    # Layer-wise lr decay: layer l of L learns at lr * layer_decay ** (L - l); 1 disables it.
+    layer_decay: float = 1.0
+    # Exponential moving average of the weights, evaluated and saved beside them; 0 disables.
+    ema: float = 0.0
 
     def __post_init__(self):
         require(self.lr > 0, "lr", "must be positive")
@@ -41,6 +46,8 @@ class OptimConfig:
         require(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
         require(self.warmup_epochs >= 0, "warmup_epochs", "must be non-negative")
         require(self.grad_clip >= 0, "grad_clip", "must be non-negative")
+        require(0 < self.layer_decay <= 1, "layer_decay", "must be in (0, 1]")
+        require(0 <= self.ema < 1, "ema", "must be in [0, 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,13 +60,13 @@ class RuntimeConfig:
     deterministic: bool = False
     checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of each epoch only
     log_every: int = 10
-    eval_every: int = 1  # epochs
+    eval_every: float = 1.0  # epochs between evaluations (fractions allowed), and at the end
     threads: int = 0  # torch intra-op threads; 0: torch's default
 
     def __post_init__(self):
         require(self.checkpoint_every >= 0, "checkpoint_every", "must be non-negative")
         require(self.log_every >= 1, "log_every", "must be at least 1")
-        require(self.eval_every >= 1, "eval_every", "must be at least 1")
+        require(self.eval_every > 0, "eval_every", "must be positive")
         require(self.threads >= 0, "threads", "must be non-negative")
 
 
@@ -91,11 +98,16 @@ class FinetuneClsConfig:
     name: str = "finetune_cls"
     out_dir: str = "runs/finetune_cls"
     epochs: int = 10
+    # "vit": lensperf's encoder (pretrained or from scratch) with a head; "resnet": the
+    # supervised CNN baseline, from scratch.
+    arch: Literal["vit", "resnet"] = "vit"
     # A pretraining checkpoint or an exported encoder directory; empty trains from scratch.
     pretrained: str = ""
     encoder: ViTConfig = field(default_factory=ViTConfig)  # used when training from scratch
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)  # used when arch=resnet
     linear_probe: bool = False
     label_smoothing: float = 0.0
+    tta: bool = False  # evaluate on the mean of the 8 symmetries of each image
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -103,6 +115,9 @@ class FinetuneClsConfig:
     def __post_init__(self):
         _check_schedule(self)
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        if self.arch == "resnet":
+            require(not self.pretrained, "pretrained", "must be empty for arch=resnet")
+            require(not self.linear_probe, "linear_probe", "needs arch=vit")
 
 
 @dataclass(frozen=True, kw_only=True)

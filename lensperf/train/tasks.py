@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lensperf.config import from_dict, to_dict
+from lensperf.data.augment import symmetric_view
 from lensperf.errors import DataError
 from lensperf.models import MAE, Classifier, SuperResolution, ViTConfig, ViTEncoder
+from lensperf.models.resnet import ResNet
 from lensperf.store import CLASSES, CLASSIFICATION, SR
 from lensperf.train import metrics as M
 from lensperf.train import report as R
@@ -54,13 +56,16 @@ class Task:
         raise NotImplementedError
 
     def checkpoint_extras(self, model: nn.Module) -> dict:
-        """What a checkpoint holds besides the weights to rebuild `model` (`from_checkpoint`)."""
-        return {"encoder_config": to_dict(model.encoder.config)}
+        """What a checkpoint holds besides the weights to rebuild `model` (`from_checkpoint`):
+        the shape of its ViT encoder, which a pretrained one may give instead of the config."""
+        encoder = getattr(model, "encoder", None)
+        return {"encoder_config": to_dict(encoder.config) if encoder is not None else None}
 
     @classmethod
     def from_checkpoint(cls, state: dict) -> tuple[Task, nn.Module]:
         task = cls(from_dict(cls.config_type, state["config"]))
-        encoder = from_dict(ViTConfig, state["encoder_config"], prefix="encoder")
+        shape = state.get("encoder_config")
+        encoder = from_dict(ViTConfig, shape, prefix="encoder") if shape is not None else None
         model = task.build_model(encoder)
         model.load_state_dict(state["model"])
         return task, model
@@ -120,9 +125,11 @@ class ClassifyTask(_FinetuneTask):
     name = "finetune_cls"
     config_type = FinetuneClsConfig
     store_kind = CLASSIFICATION
-    fixed_sections = ("encoder", "pretrained", "linear_probe", "data")
+    fixed_sections = ("arch", "encoder", "resnet", "pretrained", "linear_probe", "data")
 
-    def build_model(self, encoder: ViTConfig | None = None) -> Classifier:
+    def build_model(self, encoder: ViTConfig | None = None) -> Classifier | ResNet:
+        if self.config.arch == "resnet":
+            return ResNet(self.config.resnet, num_classes=len(CLASSES))
         return Classifier(
             self.encoder(encoder), num_classes=len(CLASSES), linear_probe=self.config.linear_probe
         )
@@ -134,11 +141,17 @@ class ClassifyTask(_FinetuneTask):
         )
 
     def predict(self, model, loader) -> dict:
+        """Logits, labels and embeddings of every sample; with `tta`, of the 8 symmetries of
+        each image together (the log of the mean probability, the mean embedding)."""
         logits, labels, embeddings = [], [], []
+        views = range(8) if self.config.tta else range(1)
         for batch in loader:
-            features = model.embed(batch["image"])
-            logits.append(model.head(features).float().cpu())
-            embeddings.append(features.float().cpu())
+            images = batch["image"]
+            n = len(images)
+            features = model.embed(torch.cat([symmetric_view(images, v) for v in views]))
+            probs = model.head(features).float().softmax(-1).view(len(views), n, -1).mean(0)
+            logits.append(probs.clamp_min(1e-12).log().cpu())
+            embeddings.append(features.float().view(len(views), n, -1).mean(0).cpu())
             labels.append(batch["label"].cpu())
         return {
             "logits": torch.cat(logits),

@@ -5,14 +5,19 @@ before an optimizer step on a non-finite loss or gradient.
 A task (lensperf.train.tasks) supplies the model, the loss of a batch, evaluation and report.
 Run directory: config.yaml, log.jsonl (one line per logged step and per evaluation),
 checkpoint.pt, metrics.json and report/.
+
+Evaluations run every `runtime.eval_every` epochs (fractions allowed) and at the end. Each
+records the training clock `train_s`: wall time since the first step, less the time spent
+evaluating, so frequent evaluation does not slow the route it measures.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
 import time
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -26,17 +31,36 @@ from lensperf.models import ops
 from lensperf.progress import progress
 from lensperf.runtime import autocast_dtype, resolve_device
 from lensperf.train.checkpoint import load_checkpoint, save_checkpoint
+from lensperf.train.optim import WeightAverage, build_optimizer, lr_at, set_lr
 
 
 class TrainingError(LensperfError):
     pass
 
 
-def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress_ = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress_)))
+POSITION_KEYS = ("step", "epoch", "images", "train_s", "eval_s", "elapsed_s")
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches, task) -> None:
+    """Batch-norm running statistics recomputed with the current weights over recent training
+    batches ("precise BN"): the running averages lag weights that move fast. A model without
+    batch norm is left alone."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not batches:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    for batch in batches:
+        task.loss(model, batch)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+RECALIBRATION_BATCHES = 8  # recent training batches that refresh batch-norm statistics
 
 
 class Trainer:
@@ -68,11 +92,17 @@ class Trainer:
             backend=data.backend, device=self.device, num_workers=data.num_workers,
             kind=self.task.store_kind, classes=data.classes,
         )  # fmt: skip
-        self.train_loader = make_loader(
-            data.store, "train", batch_size=data.batch_size, shuffle=True, augment=data.augment,
-            seed=c.runtime.seed, shard_id=self.rank, num_shards=self.world,
-            drop_last=self.world > 1, **common,
+        train = functools.partial(
+            make_loader, data.store, "train", batch_size=data.batch_size, shuffle=True,
+            augment=data.augment, seed=c.runtime.seed, shard_id=self.rank,
+            num_shards=self.world, **common,
         )  # fmt: skip
+        # Full batches only: a last, smaller batch made torch.compile build a second graph for
+        # its shape (25 s on the 2-core CPU) and gave a noisy step. A single process with fewer
+        # samples than a batch trains on what there is.
+        self.train_loader = train(drop_last=True)
+        if len(self.train_loader) == 0 and self.world == 1:
+            self.train_loader = train(drop_last=False)
         self.val_loader = make_loader(
             data.store, "val", batch_size=data.batch_size, shuffle=False, augment=False, **common
         )
@@ -80,19 +110,7 @@ class Trainer:
             raise TrainingError(f"{data.store}: no training batch (fewer samples than ranks?)")
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        o = self.config.optim
-        # Biases, norms and the parameters a model declares (its tokens) are not decayed.
-        exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or name in exempt else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": o.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        fused = self.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=fused)
+        return build_optimizer(model, self.config.optim, self.device)
 
     # ------------------------------------------------------------ checkpoints
     @property
@@ -111,7 +129,9 @@ class Trainer:
             "loader": self.train_loader.state_dict(),
             "step": self.step,
             "images_seen": self.images_seen,
+            "train_seconds": self._train_seconds(),
             "history": self.history,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def _save(self) -> None:
@@ -136,7 +156,10 @@ class Trainer:
         self.train_loader.load_state_dict(state["loader"])
         self.step = int(state["step"])
         self.images_seen = int(state.get("images_seen", 0))
+        self._seconds_before = float(state.get("train_seconds", 0.0))
         self.history = state["history"]
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
 
     # ------------------------------------------------------------ loop
     def run(self) -> dict:
@@ -149,7 +172,12 @@ class Trainer:
         c = self.config
         self.model = self.task.build_model().to(self.device)
         self.optimizer = self._optimizer(self.model)
+        self.ema = WeightAverage(self.model, c.optim.ema) if c.optim.ema else None
         self.step, self.images_seen, self.history = 0, 0, {"train": [], "eval": []}
+        self._seconds_before, self._eval_seconds = 0.0, 0.0
+        # Recent batches, kept only for a model with batch norm to recalibrate before evaluating.
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self._recent: deque = deque(maxlen=RECALIBRATION_BATCHES if has_bn else 0)
         if self.resume and self.checkpoint_path.exists():
             self._restore()
         elif self.rank == 0:
@@ -168,15 +196,13 @@ class Trainer:
         steps_per_epoch = len(self.train_loader)
         total = c.epochs * steps_per_epoch
         warmup = int(c.optim.warmup_epochs * steps_per_epoch)
+        self._eval_steps = max(1, round(c.runtime.eval_every * steps_per_epoch))
         start = self._t0 = time.perf_counter()
         while self.step < total:
             epoch = self.step // steps_per_epoch
-            self.model.train()
             stopped = self._train_epoch(step_model, epoch, total, warmup)
             if stopped:
                 return {"stopped_at_step": self.step}
-            if (epoch + 1) % c.runtime.eval_every == 0 or self.step >= total:
-                self._evaluate()
             self._save()
         metrics = self._finish(time.perf_counter() - start)
         if self.world > 1:
@@ -192,10 +218,10 @@ class Trainer:
             desc = f"{self.task.name} epoch {epoch + 1}/{c.epochs}"
             bar = progress(len(self.train_loader), desc, "batch", initial=self.train_loader.batch)
         self._window = (time.perf_counter(), 0)
+        self.model.train()
         for batch in self.train_loader:
             lr = lr_at(self.step, total, warmup, c.optim.lr, c.optim.min_lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(self.optimizer, lr)
             with self._autocast():
                 loss = self.task.loss(step_model, batch)
             self._guard(loss, "loss")
@@ -205,6 +231,9 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self._guard(grad_norm, "gradient norm")
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self._recent.append(batch)
             self.step += 1
             self.images_seen += len(batch["index"]) * self.world
             self._window = (self._window[0], self._window[1] + len(batch["index"]))
@@ -213,6 +242,9 @@ class Trainer:
                 self._log_step(loss, lr, grad_norm, bar)
             if bar is not None:
                 bar.update(1)
+            if self.step % self._eval_steps == 0 or self.step == total:
+                self._evaluate()
+                self._window = (time.perf_counter(), 0)  # a rate of training steps only
             if c.runtime.checkpoint_every and self.step % c.runtime.checkpoint_every == 0:
                 self._save()
             if self.stop_after and self.step >= self.stop_after:
@@ -242,6 +274,10 @@ class Trainer:
             bar.set_postfix(loss=f"{record['loss']:.4g}", img_s=f"{record['images_per_s']:.0f}")
         self._window = (time.perf_counter(), 0)
 
+    def _train_seconds(self) -> float:
+        """Training wall time so far (this session's and any before a resume), less evaluation."""
+        return self._seconds_before + time.perf_counter() - self._t0 - self._eval_seconds
+
     def _position(self) -> dict:
         """Where training stands, the same in train and eval records: steps done, epochs done
         (fractional), and images seen over all ranks."""
@@ -260,17 +296,29 @@ class Trainer:
                 f" (lower optim.lr or check the data){last}"
             )
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model evaluated, reported and exported: the weight average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
     @torch.no_grad()
     def _evaluate(self) -> None:
+        started, train_s = time.perf_counter(), self._train_seconds()
         if self.rank != 0:
             if self.world > 1:
                 dist.barrier()
+            self._eval_seconds += time.perf_counter() - started
             return
-        self.model.eval()
+        model = self.eval_model
         with self._autocast():
-            metrics = self.task.evaluate(self.model, self.val_loader)
-        elapsed = time.perf_counter() - self._t0
-        record = {**self._position(), "elapsed_s": elapsed, **metrics}
+            recalibrate_batch_norm(model, self._recent, self.task)
+            model.eval()
+            metrics = self.task.evaluate(model, self.val_loader)
+        self.model.train()
+        finished = time.perf_counter()
+        self._eval_seconds += finished - started
+        record = {**self._position(), "train_s": train_s, "eval_s": finished - started,
+                  "elapsed_s": finished - self._t0, **metrics}  # fmt: skip
         self.history["eval"].append(record)
         with (self.run_dir / "log.jsonl").open("a") as f:
             f.write(json.dumps({"eval": record}) + "\n")
@@ -289,13 +337,16 @@ class Trainer:
             "steps": self.step,
             "epochs": self.config.epochs,
             "train_seconds_this_session": seconds,
+            "train_seconds": self._train_seconds(),  # every session's, less evaluation
+            "images_seen": self.images_seen,
             "median_images_per_s": float(sorted(rates)[len(rates) // 2]) if rates else None,
-            **{k: v for k, v in final.items() if k not in ("step", "epoch", "images", "elapsed_s")},
+            **{k: v for k, v in final.items() if k not in POSITION_KEYS},
         }
         report_dir = self.run_dir / "report"
         report_dir.mkdir(parents=True, exist_ok=True)
-        self.model.eval()
-        extra = self.task.report(self.model, self.val_loader, self.history, report_dir)
+        model = self.eval_model.eval()
+        with self._autocast():
+            extra = self.task.report(model, self.val_loader, self.history, report_dir)
         metrics.update(extra or {})
         (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -1,0 +1,172 @@
+"""Time to accuracy: each route to a classifier trained on one store, one after another, its
+validation accuracy and macro AUC recorded against training wall time and images seen.
+
+A route is a list of training stages; every stage's training clock counts (the trainer's
+`train_s`, evaluation left out), so lensperf's route pays for its pretraining. The routes:
+  * `mae`: lensperf's route, MAE pretraining then fine-tuning (its fine-tuning alone, with the
+    pretraining amortised over every fine-tune, is reported too, as `mae_finetune`);
+  * `vit_scratch`: lensperf's ViT classifier trained from scratch (what pretraining buys);
+  * `cnn`: the supervised ResNet baseline with its own recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lensperf.presets import preset
+
+ACCURACY_TARGETS = (0.90, 0.95, 0.97, 0.98)
+AUC_TARGET = 0.995
+SR_TARGETS = {"psnr": 40.0, "ssim": 0.97, "psnr_gain_db": 2.0}
+# Stores simulated when none is given: the issue-sized set (12,000 a class, 90/10) or a small
+# one for --quick. Evaluations every quarter epoch find a crossing within a few percent.
+STORE_SIZE = {"cpu": 12000, "demo": 400}
+SR_PAIRS = {"cpu": 4000, "demo": 200}
+EVAL_EVERY = {"cpu": 0.25, "demo": 0.5}
+CNN_PRESET = {"cpu": "cnn", "demo": "cnn_demo"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    task: str  # "pretrain" or "finetune_cls"
+    preset: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    label: str
+    stages: tuple[Stage, ...]  # the last stage is the classifier scored
+
+
+def routes(recipe: str, extra: tuple[str, ...] = ()) -> list[Route]:
+    """The three routes at one recipe scale ("cpu", or "demo" for a quick run). `extra`
+    overrides go to every classification stage (the evaluation cadence, a store)."""
+    return [
+        Route("mae", "lensperf: MAE pretraining + fine-tuning", (
+            Stage("pretrain", recipe),
+            Stage("finetune_cls", recipe, extra),
+        )),
+        Route("vit_scratch", "lensperf ViT from scratch",
+              (Stage("finetune_cls", recipe, ("pretrained=", *extra)),)),
+        Route("cnn", "ResNet baseline from scratch",
+              (Stage("finetune_cls", CNN_PRESET[recipe], extra),)),
+    ]  # fmt: skip
+
+
+def run_route(route: Route, store: Path, workdir: Path, stage_overrides=()) -> dict:
+    """Train the route's stages in order; its curve is the last stage's evaluations, shifted by
+    the training time and images of the stages before it."""
+    from lensperf.train.run import train
+
+    offset_s, offset_images, checkpoint = 0.0, 0, None
+    stages = []
+    for stage in route.stages:
+        out = workdir / route.name / stage.task
+        overrides = [f"out_dir={out}", f"data.store={store}", *stage.overrides, *stage_overrides]
+        if checkpoint is not None:
+            overrides.append(f"pretrained={checkpoint}")
+        metrics = train(stage.task, preset(stage.task, stage.preset), overrides)
+        stages.append({
+            "task": stage.task, "preset": stage.preset, "overrides": overrides,
+            "train_s": metrics["train_seconds"], "images": metrics["images_seen"],
+        })  # fmt: skip
+        last = stage is route.stages[-1]
+        if not last:
+            offset_s += metrics["train_seconds"]
+            offset_images += metrics["images_seen"]
+            checkpoint = out / "checkpoint.pt"
+    curve = [
+        {
+            "train_s": e["train_s"] + offset_s,
+            "images": e["images"] + offset_images,
+            "accuracy": e["accuracy"],
+            "auc_macro": e["auc_macro"],
+        }
+        for e in eval_records(out)
+    ]
+    return {"label": route.label, "stages": stages, "offset_s": offset_s, "curve": curve,
+            **crossings(curve)}  # fmt: skip
+
+
+def eval_records(run_dir: Path) -> list[dict]:
+    lines = (Path(run_dir) / "log.jsonl").read_text().splitlines()
+    return [json.loads(line)["eval"] for line in lines if line.startswith('{"eval"')]
+
+
+def crossings(curve: list[dict]) -> dict:
+    """The first point of `curve` at or above each target (seconds and images; None if never),
+    and the final and best numbers."""
+
+    def first(key: str, target: float) -> dict | None:
+        hit = next((p for p in curve if p[key] >= target), None)
+        return None if hit is None else {"train_s": hit["train_s"], "images": hit["images"]}
+
+    final = curve[-1] if curve else {}
+    return {
+        "time_to_accuracy": {f"{t:.2f}": first("accuracy", t) for t in ACCURACY_TARGETS},
+        "time_to_auc": {f"{AUC_TARGET}": first("auc_macro", AUC_TARGET)},
+        "final": {k: final.get(k) for k in ("train_s", "images", "accuracy", "auc_macro")},
+        "best_accuracy": max((p["accuracy"] for p in curve), default=None),
+    }
+
+
+def amortised(result: dict) -> dict:
+    """A pretraining route seen from the start of its fine-tuning (one encoder serves every
+    fine-tune): the same curve without the pretraining's time and images."""
+    offset_images = sum(s["images"] for s in result["stages"][:-1])
+    curve = [
+        {**p, "train_s": p["train_s"] - result["offset_s"], "images": p["images"] - offset_images}
+        for p in result["curve"]
+    ]
+    label = result["label"].replace("pretraining +", "pretrained,") + " (fine-tuning only)"
+    return {"label": label, "stages": result["stages"][-1:], "offset_s": 0.0, "curve": curve,
+            "amortised": True, **crossings(curve)}  # fmt: skip
+
+
+def run_time_to_target(
+    workdir: Path, *, quick: bool, store: Path | None = None, sr_store: Path | None = None
+) -> dict:
+    """Every route on one classification store (simulated into `workdir` if not given), then an
+    SR fine-tune from the MAE route's encoder. `quick` runs the demo recipes on small stores."""
+    recipe = "demo" if quick else "cpu"
+    store = Path(store) if store else _simulate(workdir / "model_ii.zarr", recipe, sr=False)
+    extra = (f"runtime.eval_every={EVAL_EVERY[recipe]}",)
+    results = {"recipe": recipe, "store": str(store), "routes": {}}
+    for route in routes(recipe, extra):
+        outcome = run_route(route, store, workdir)
+        results["routes"][route.name] = outcome
+        if len(route.stages) > 1:
+            results["routes"][f"{route.name}_finetune"] = amortised(outcome)
+    sr_store = Path(sr_store) if sr_store else _simulate(workdir / "sr.zarr", recipe, sr=True)
+    results["sr"] = _super_resolution(recipe, sr_store, workdir)
+    return results
+
+
+def _super_resolution(recipe: str, sr_store: Path, workdir: Path) -> dict:
+    """SR fine-tuning from the MAE route's pretrained encoder, against the SR targets."""
+    from lensperf.train.run import train
+
+    out = workdir / "sr"
+    pretrained = workdir / "mae" / "pretrain" / "checkpoint.pt"
+    metrics = train("finetune_sr", preset("finetune_sr", recipe), [
+        f"out_dir={out}", f"data.store={sr_store}", f"pretrained={pretrained}",
+    ])  # fmt: skip
+    keys = ("psnr", "ssim", "mse", "bicubic_psnr", "bicubic_ssim", "psnr_gain_db", "train_seconds")
+    return {"store": str(sr_store), **{k: metrics[k] for k in keys}, "targets": SR_TARGETS}
+
+
+def _simulate(out: Path, recipe: str, *, sr: bool) -> Path:
+    from lensperf.config import load_config
+    from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
+    from lensperf.simulate.runner import default_workers, simulate_classification, simulate_sr
+
+    if sr:
+        config = load_config(SRSimulationConfig, preset("data", "sr"), [f"n={SR_PAIRS[recipe]}"])
+        return simulate_sr(config, out, workers=default_workers(), overwrite=True)
+    n = STORE_SIZE[recipe]
+    config = load_config(SimulationConfig, preset("data", "model_ii"), [f"n_per_class={n}"])
+    return simulate_classification(config, out, workers=default_workers(), overwrite=True)

@@ -1,0 +1,188 @@
+"""The training features the recipes are built from: layer-wise lr decay, the weight average,
+batch-norm recalibration, test-time symmetry averaging, the convolutional stem, drop path, the
+model's own input standardisation, the ResNet baseline and fractional evaluation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lensperf.config import load_config
+from lensperf.data.augment import SYMMETRIES, symmetric_view
+from lensperf.errors import ConfigError
+from lensperf.models import Classifier, ViTConfig, ViTEncoder
+from lensperf.models.resnet import ResNet, ResNetConfig
+from lensperf.models.vit import drop_path
+from lensperf.train.config import FinetuneClsConfig, OptimConfig
+from lensperf.train.optim import WeightAverage, parameter_groups
+from lensperf.train.run import train
+from lensperf.train.tasks import ClassifyTask
+from lensperf.train.trainer import recalibrate_batch_norm
+
+from .conftest import CONFIGS
+from .test_train import TINY_ENCODER, stores  # noqa: F401 (a module-scoped fixture)
+
+SMALL = ViTConfig(dim=32, depth=3, heads=2)
+
+
+def test_layer_decay_scales_each_layer_and_leaves_the_head_at_full_rate():
+    model = Classifier(ViTEncoder(SMALL))
+    groups = parameter_groups(model, weight_decay=0.05, layer_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    L = model.num_layers  # depth + 1
+    assert scale_of[id(named["head.1.weight"])] == 1.0
+    assert scale_of[id(named["encoder.norm.weight"])] == 1.0
+    assert scale_of[id(named["encoder.blocks.2.mlp.0.weight"])] == 0.5 ** (L - 3)
+    assert scale_of[id(named["encoder.blocks.0.attn.qkv.weight"])] == 0.5 ** (L - 1)
+    assert scale_of[id(named["encoder.patch_embed.weight"])] == 0.5**L
+    assert scale_of[id(named["encoder.cls_token"])] == 0.5**L
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert decay_of[id(named["encoder.cls_token"])] == 0 < decay_of[id(named["head.1.weight"])]
+    assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_layer_decay_needs_a_model_with_layers():
+    with pytest.raises(ConfigError, match="optim.layer_decay"):
+        parameter_groups(ResNet(ResNetConfig(), 3), weight_decay=0.05, layer_decay=0.7)
+    assert len(parameter_groups(ResNet(ResNetConfig(), 3), 0.05, 1.0)) == 2
+
+
+def test_weight_average_follows_the_formula():
+    model = nn.Linear(3, 2)
+    ema = WeightAverage(model, decay=0.9)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)  # first update: decay min(0.9, 2/11)
+    w = 1 - 2 / 11
+    for e, s in zip(ema.model.parameters(), start):
+        torch.testing.assert_close(e, s * (2 / 11) + (s + 1) * w)
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    restored = WeightAverage(nn.Linear(3, 2), 0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 1
+    assert torch.equal(restored.model.weight, ema.model.weight)
+
+
+def test_batch_norm_is_recalibrated_on_training_batches():
+    torch.manual_seed(0)
+    model = ResNet(ResNetConfig(widths=(4, 8), blocks=(1, 1)), 3)
+    task = ClassifyTask(FinetuneClsConfig(arch="resnet"))
+    batches = [{"image": torch.rand(16, 1, 16, 16) * 3 + 5, "label": torch.zeros(16).long()}]
+    stem_bn = model.stem[1]
+    assert torch.allclose(stem_bn.running_mean, torch.zeros(4))
+    recalibrate_batch_norm(model, batches, task)
+    with torch.no_grad():
+        conv_out = model.stem[0](batches[0]["image"])
+    torch.testing.assert_close(stem_bn.running_mean, conv_out.mean((0, 2, 3)))
+    assert stem_bn.momentum == 0.1  # restored
+
+
+def test_torch_symmetries_match_the_loader_symmetries():
+    images = np.random.default_rng(0).random((2, 1, 5, 5)).astype(np.float32)
+    for code in range(8):
+        want = SYMMETRIES[code](images)
+        got = symmetric_view(torch.from_numpy(images), code).numpy()
+        np.testing.assert_array_equal(got, want)
+
+
+def test_tta_averages_the_eight_views():
+    torch.manual_seed(0)
+    task = ClassifyTask(FinetuneClsConfig(encoder=SMALL, tta=True))
+    model = task.build_model().eval()
+    images = torch.rand(3, 1, 64, 64)
+    out = task.predict(model, [{"image": images, "label": torch.zeros(3).long()}])
+    with torch.no_grad():
+        probs = torch.stack([model(symmetric_view(images, c)).softmax(-1) for c in range(8)])
+    torch.testing.assert_close(out["logits"].exp(), probs.mean(0), rtol=1e-5, atol=1e-6)
+    # an image whose 8 views are identical gets the plain prediction
+    flat = torch.full((1, 1, 64, 64), 0.3)
+    out = task.predict(model, [{"image": flat, "label": torch.zeros(1).long()}])
+    with torch.no_grad():
+        torch.testing.assert_close(out["logits"].exp(), model(flat).softmax(-1))
+
+
+@pytest.mark.parametrize("patch", [4, 8])
+def test_conv_stem_gives_the_patch_grid_and_trains(patch):
+    config = ViTConfig(dim=32, depth=1, heads=2, patch_size=patch, stem="conv")
+    encoder = ViTEncoder(config)
+    tokens, grid = encoder.patchify(torch.rand(2, 1, 64, 64))
+    assert grid == (64 // patch, 64 // patch) and tokens.shape == (2, grid[0] * grid[1], 32)
+    encoder(torch.rand(2, 1, 64, 64)).sum().backward()
+    assert all(p.grad is not None for p in encoder.patch_embed.parameters())
+    with pytest.raises(ConfigError, match="power of two"):
+        ViTConfig(patch_size=6, image_size=60, stem="conv")
+
+
+def test_drop_path_only_in_training_and_unbiased():
+    encoder = ViTEncoder(ViTConfig(dim=32, depth=3, heads=2, drop_path=0.5))
+    assert [b.drop_path for b in encoder.blocks] == [0, 0.25, 0.5]
+    torch.manual_seed(0)
+    x = torch.ones(20000, 1, 1)
+    dropped = drop_path(x, 0.25, training=True)
+    assert dropped.unique().tolist() == pytest.approx([0.0, 4 / 3])
+    assert dropped.mean().item() == pytest.approx(1.0, abs=0.02)
+    assert torch.equal(drop_path(x, 0.25, training=False), x)
+    block = encoder.blocks[2].eval()
+    y = torch.rand(4, 3, 32)
+    torch.testing.assert_close(block(y), block(y))
+
+
+def test_the_encoder_standardises_its_input():
+    plain = ViTEncoder(ViTConfig(dim=32, depth=1, heads=2))
+    shifted = ViTEncoder(ViTConfig(dim=32, depth=1, heads=2, input_mean=0.5, input_std=0.25))
+    shifted.load_state_dict(plain.state_dict())
+    images = torch.rand(2, 1, 64, 64)
+    torch.testing.assert_close(shifted(images), plain((images - 0.5) / 0.25))
+
+
+def test_resnet_baseline_shape_and_size():
+    model = ResNet(ResNetConfig(), 3)
+    assert model(torch.rand(2, 1, 64, 64)).shape == (2, 3)
+    assert 0.6e6 < sum(p.numel() for p in model.parameters()) < 0.8e6
+
+
+def test_resnet_refuses_a_pretrained_encoder():
+    with pytest.raises(ConfigError, match="pretrained"):
+        FinetuneClsConfig(arch="resnet", pretrained="runs/x/checkpoint.pt")
+
+
+def test_optim_config_ranges():
+    with pytest.raises(ConfigError, match="layer_decay"):
+        OptimConfig(layer_decay=0)
+    with pytest.raises(ConfigError, match="ema"):
+        OptimConfig(ema=1.0)
+
+
+def test_fractional_evaluation_and_a_training_clock_without_evaluation(stores, tmp_path):  # noqa: F811
+    """eval_every=0.5 evaluates twice an epoch; train_s leaves evaluation time out."""
+    out = tmp_path / "cnn"
+    overrides = [
+        f"out_dir={out}", f"data.store={stores['cls']}", "pretrained=", "arch=resnet",
+        "resnet.widths=[4,8]", "resnet.blocks=[1,1]", "epochs=2", "runtime.eval_every=0.5",
+        "data.batch_size=8", "runtime.compile=false", "optim.ema=0.9", "tta=true",
+    ]  # fmt: skip
+    metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", overrides)
+    lines = (out / "log.jsonl").read_text().splitlines()
+    evals = [json.loads(line)["eval"] for line in lines if line.startswith('{"eval"')]
+    assert [e["epoch"] for e in evals] == pytest.approx([0.5, 1.0, 1.5, 2.0], abs=0.15)
+    for e in evals:
+        assert e["train_s"] + sum(x["eval_s"] for x in evals if x["step"] < e["step"]) == (
+            pytest.approx(e["elapsed_s"] - e["eval_s"], abs=0.05)
+        )
+    assert 0 <= metrics["accuracy"] <= 1
+    config = load_config(FinetuneClsConfig, out / "config.yaml")
+    assert config.arch == "resnet" and config.tta
+
+
+def test_tiny_encoder_overrides_still_build(stores, tmp_path):  # noqa: F811
+    out = tmp_path / "vit"
+    overrides = [f"out_dir={out}", f"data.store={stores['cls']}", "pretrained=", "epochs=1",
+                 "data.batch_size=16", "runtime.compile=false", "encoder.stem=conv",
+                 "encoder.drop_path=0.1", "optim.layer_decay=0.8", *TINY_ENCODER]  # fmt: skip
+    metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", overrides)
+    assert 0 <= metrics["accuracy"] <= 1
