@@ -3,11 +3,12 @@
 extra_info: TFLOP/s (forward 4*B*H*N^2*D, backward 2.5x that) next to the time.
 """
 
+import lensperf_kernels as kernels
 import pytest
 import torch
 import torch.nn.functional as F
+from lensperf_kernels.attention import attention_reference
 
-import kernels
 from benchmarks.shapes import (
     ATTENTION_HEAD_DIMS,
     ATTENTION_SEQS,
@@ -17,7 +18,6 @@ from benchmarks.shapes import (
     batch,
     sync,
 )
-from kernels.attention import attention_reference
 
 PROVIDERS = {
     "triton": lambda q, k, v: kernels.attention(q, k, v),

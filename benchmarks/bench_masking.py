@@ -3,12 +3,12 @@
 extra_info: GB/s moved (kept rows read + written, noise, ids and mask) next to the time.
 """
 
+import lensperf_kernels as kernels
 import pytest
 import torch
+from lensperf_kernels.masking import random_masking_reference, unshuffle_reference
 
-import kernels
 from benchmarks.shapes import DEVICE, GPU, MASK_RATIO, MASKING_SHAPES, batch, sync
-from kernels.masking import random_masking_reference, unshuffle_reference
 
 
 def mae_masking(x, noise, len_keep):

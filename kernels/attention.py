@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from kernels._backend import HAS_TRITON, active_backend, on_gpu_compiler
+from ._backend import HAS_TRITON, active_backend, on_gpu_compiler
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -307,7 +307,7 @@ def attention_backward_reference(
 # ---------------------------------------------------------------- custom ops
 
 
-@torch.library.custom_op("kernels::attention_fwd", mutates_args=())
+@torch.library.custom_op("lensperf_kernels::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     if active_backend(q) == "triton":
         return _attention_fwd_triton(q, k, v, scale)
@@ -322,7 +322,7 @@ def _(q, k, v, scale):
     )
 
 
-@torch.library.custom_op("kernels::attention_bwd", mutates_args=())
+@torch.library.custom_op("lensperf_kernels::attention_bwd", mutates_args=())
 def _attention_bwd_op(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -350,7 +350,7 @@ def _attention_backward(ctx, grad_out, grad_lse):
 
 
 torch.library.register_autograd(
-    "kernels::attention_fwd", _attention_backward, setup_context=_attention_setup
+    "lensperf_kernels::attention_fwd", _attention_backward, setup_context=_attention_setup
 )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels._backend import HAS_TRITON, active_backend
+from ._backend import HAS_TRITON, active_backend
 
 if HAS_TRITON:
     import triton
@@ -175,7 +175,7 @@ def gather_visible_reference(x_BLD: Tensor, ids_BL: Tensor, len_keep: int) -> Te
 # ---------------------------------------------------------------- custom ops
 
 
-@torch.library.custom_op("kernels::random_masking", mutates_args=())
+@torch.library.custom_op("lensperf_kernels::random_masking", mutates_args=())
 def _random_masking_op(
     x_BLD: Tensor, noise_BL: Tensor, len_keep: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -191,7 +191,7 @@ def _(x_BLD, noise_BL, len_keep):
     return x_BLD.new_empty(B, len_keep, D), x_BLD.new_empty(B, L), ids
 
 
-@torch.library.custom_op("kernels::unshuffle", mutates_args=())
+@torch.library.custom_op("lensperf_kernels::unshuffle", mutates_args=())
 def _unshuffle_op(x_BKD: Tensor, token_D: Tensor, ids_BL: Tensor) -> Tensor:
     if active_backend(x_BKD) == "triton":
         return _unshuffle_triton(x_BKD, token_D.to(x_BKD.dtype), ids_BL)
@@ -203,7 +203,7 @@ def _(x_BKD, token_D, ids_BL):
     return x_BKD.new_empty(x_BKD.shape[0], ids_BL.shape[1], x_BKD.shape[2])
 
 
-@torch.library.custom_op("kernels::gather_visible", mutates_args=())
+@torch.library.custom_op("lensperf_kernels::gather_visible", mutates_args=())
 def _gather_visible_op(x_BLD: Tensor, ids_BL: Tensor, len_keep: int) -> Tensor:
     if active_backend(x_BLD) == "triton":
         return _scatter_visible_triton(x_BLD, ids_BL, len_keep, compute_rank=False)[0]
@@ -255,13 +255,13 @@ def _gather_backward(ctx, grad_BKD):
 
 
 torch.library.register_autograd(
-    "kernels::random_masking", _masking_backward, setup_context=_masking_setup
+    "lensperf_kernels::random_masking", _masking_backward, setup_context=_masking_setup
 )
 torch.library.register_autograd(
-    "kernels::unshuffle", _unshuffle_backward, setup_context=_unshuffle_setup
+    "lensperf_kernels::unshuffle", _unshuffle_backward, setup_context=_unshuffle_setup
 )
 torch.library.register_autograd(
-    "kernels::gather_visible", _gather_backward, setup_context=_gather_setup
+    "lensperf_kernels::gather_visible", _gather_backward, setup_context=_gather_setup
 )
 
 

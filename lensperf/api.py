@@ -1,33 +1,81 @@
-"""Python API for notebooks.
+"""Python API for notebooks and scripts.
 
     from lensperf import api
+    store = api.simulate("model_ii", "data/small.zarr", n_per_class=500)
+    images, labels = api.samples(store, "val", 8)
+    api.train("pretrain", "demo", [f"data.store={store}", "out_dir=runs/mae"])
     model = api.load_model("runs/cpu/finetune_cls/checkpoint.pt")   # any task's checkpoint
-    probs = api.predict(model, images)          # (B, 3) class probabilities, images (B, 1, H, W)
-    emb = api.embed(model, images)              # (B, D) encoder embeddings
+    probs = api.predict(model, images, tta=True)  # (B, 3): no_sub, cdm, axion
+    emb = api.embed(model, images)              # (B, D) embeddings
     hr = api.upscale(api.load_model("runs/cpu/finetune_sr/checkpoint.pt"), lr_images)
     encoder = api.load_encoder("exported_dir_or_checkpoint")
-    mae = api.build_model("pretrain", "configs/pretrain/cpu.yaml")  # untrained, from a config
-Images are float tensors in [0, 1]; numpy arrays are accepted too.
+    mae = api.build_model("pretrain", "cpu")    # untrained, from a preset or a YAML file
+Images are float tensors or numpy arrays in [0, 1], (B, 1, H, W), (B, H, W) or (H, W).
+Importing this module changes no global state (matplotlib's backend, torch's threads, signals).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from lensperf.config import load_config
+from lensperf.data.augment import symmetric_view
 from lensperf.models import MAE, Classifier, SuperResolution
+from lensperf.models.resnet import ResNet
+from lensperf.presets import resolve_config
+from lensperf.store import CLASSES, open_store, read_rows
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.encoder_io import load_encoder
 from lensperf.train.tasks import TASKS, model_from_checkpoint
 
-__all__ = ["build_model", "load_model", "load_encoder", "embed", "predict", "upscale"]
+__all__ = [
+    "CLASSES", "build_model", "embed", "load_encoder", "load_model", "predict", "samples",
+    "simulate", "train", "upscale",
+]  # fmt: skip
 
 
-def build_model(task: str, config_path, overrides=()) -> nn.Module:
-    """An untrained model of `task` ("pretrain", "finetune_cls", "finetune_sr") from a config."""
-    config = load_config(TASKS[task].config_type, config_path, overrides)
+def simulate(preset: str, out, *, n_per_class: int = 1000, workers: int | None = None,
+             overwrite: bool = True) -> Path:  # fmt: skip
+    """Simulate a classification store from a data preset (model_i, model_ii, model_iii) or a
+    YAML file; replaces `out` unless overwrite=False."""
+    from lensperf.simulate.config import SimulationConfig
+    from lensperf.simulate.runner import default_workers, simulate_classification
+
+    config = load_config(
+        SimulationConfig, resolve_config(preset, "data"), [f"n_per_class={n_per_class}"]
+    )
+    return simulate_classification(
+        config, out, workers=workers or default_workers(), overwrite=overwrite
+    )
+
+
+def samples(store, split: str = "val", n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` images of a classification store's split and their labels (index into
+    CLASSES)."""
+    group = open_store(store, "classification")
+    return (
+        read_rows(group[f"{split}/images"], slice(0, n)),
+        read_rows(group[f"{split}/labels"], slice(0, n)),
+    )
+
+
+def train(task: str, config="demo", overrides=(), *, resume: bool = False,
+          overwrite: bool = False) -> dict:  # fmt: skip
+    """Train `task` ("pretrain", "finetune_cls", "finetune_sr") from a preset name or a YAML
+    file plus `key.sub=value` overrides; returns the final metrics."""
+    from lensperf.train.run import train as run
+
+    return run(task, resolve_config(config, task), overrides, resume=resume, overwrite=overwrite)
+
+
+def build_model(task: str, config, overrides=()) -> nn.Module:
+    """An untrained model of `task` ("pretrain", "finetune_cls", "finetune_sr") from a preset
+    name or a config file."""
+    config = load_config(TASKS[task].config_type, resolve_config(config, task), overrides)
     return TASKS[task](config).build_model()
 
 
@@ -51,17 +99,24 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def embed(model: nn.Module, images) -> torch.Tensor:
-    """(B, D) embeddings: the mean patch token of the model's encoder."""
+    """(B, D) embeddings: a classifier's features before its head, or the mean patch token of
+    a model's ViT encoder (or of an encoder itself)."""
+    x = _images(images).to(_device(model))
+    if hasattr(model, "embed"):
+        return model.embed(x)
     encoder = model.encoder if hasattr(model, "encoder") else model
-    return encoder(_images(images).to(_device(model)))[:, 1:].mean(dim=1)
+    return encoder(x)[:, 1:].mean(dim=1)
 
 
 @torch.no_grad()
-def predict(model: Classifier, images) -> torch.Tensor:
-    """(B, 3) probabilities of no_sub, cdm, axion."""
-    if not isinstance(model, Classifier):
+def predict(model: nn.Module, images, *, tta: bool = False) -> torch.Tensor:
+    """(B, 3) probabilities of no_sub, cdm, axion; with `tta`, averaged over the 8 symmetries
+    of each image."""
+    if not isinstance(model, Classifier | ResNet):
         raise TypeError("predict needs a classifier (a finetune_cls checkpoint)")
-    return model(_images(images).to(_device(model))).softmax(dim=1)
+    x = _images(images).to(_device(model))
+    views = range(8) if tta else range(1)
+    return torch.stack([model(symmetric_view(x, v)).float().softmax(1) for v in views]).mean(0)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,7 +104,7 @@ def _train_command(task: str, section: str):
 
         metrics = train(
             task, resolve_config(args.config, section), args.overrides,
-            resume=args.resume, stop_after=args.stop_after,
+            resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
         )  # fmt: skip
         print(json.dumps(metrics, indent=2))
 
@@ -119,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from lensperf.train.encoder_io import export_encoder
 
-    print(f"wrote {export_encoder(args.checkpoint, args.out)}")
+    print(f"wrote {export_encoder(args.checkpoint, args.out, overwrite=args.overwrite)}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -255,7 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", required=True,
             help=f"YAML file, or a preset name in configs/{section}/ (demo, cpu, gpu)",
         )  # fmt: skip
-        p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
+        run = p.add_mutually_exclusive_group()
+        run.add_argument(
+            "--resume", action="store_true", help="continue the run in out_dir from its checkpoint"
+        )
+        run.add_argument(
+            "--overwrite", action="store_true",
+            help="replace a run already in out_dir (without it, such a run is never touched)",
+        )  # fmt: skip
         p.add_argument(
             "--stop-after", type=_non_negative_int, default=0, metavar="STEPS",
             help="checkpoint and stop after this many steps (a time box; resume later)",
@@ -282,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser(
@@ -327,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(error: OSError) -> str:
+    """One line: the path, what the system said, and nothing of the traceback."""
+    if error.filename is None:
+        return str(error)
+    return f"{error.filename}: {error.strerror or error}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM takes the same clean-up path as Ctrl-C: temporary outputs are removed.
@@ -335,6 +351,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.func(args)
     except LensperfError as error:
         print(f"lensperf: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # Whoever read the output stopped (`| head -1`): nothing is wrong, and nothing more can
+        # be printed. Point stdout at /dev/null so the interpreter's final flush is silent too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE
+    except OSError as error:  # permissions, a full disk, a vanished path: the user's system
+        print(f"lensperf: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lensperf: interrupted; partial outputs were removed", file=sys.stderr)

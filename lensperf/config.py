@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from lensperf.atomic import write_text_atomic
 from lensperf.errors import ConfigError
 
 T = TypeVar("T")
@@ -186,4 +187,5 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write the config as YAML, atomically: a reader sees the old file or the new one."""
+    write_text_atomic(path, yaml.safe_dump(to_dict(config), sort_keys=False))

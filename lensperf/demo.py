@@ -52,7 +52,7 @@ def run_demo(out: Path, *, workers: int | None = None, scale: float = 1.0) -> di
 
     def stage(task: str, store: Path, *extra: str) -> dict:
         overrides = [f"out_dir={out / task}", f"data.store={store}", *extra, *epochs]
-        return timed(task, train, task, preset(task, "demo"), overrides)
+        return timed(task, train, task, preset(task, "demo"), overrides, overwrite=True)
 
     metrics = {
         "pretrain": stage("pretrain", cls_store),

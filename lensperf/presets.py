@@ -7,7 +7,10 @@ from pathlib import Path
 
 from lensperf.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Installed from a wheel the presets are package data beside this file; in the repository
+# (an editable install, or running from the tree) they are its top-level configs/ folder.
+_PACKAGED = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 SECTIONS = ("data", "pretrain", "finetune_cls", "finetune_sr")
 
 

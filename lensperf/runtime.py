@@ -23,9 +23,12 @@ def cpu_has_bf16() -> bool:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 runs in hardware on `device`. Without it (a CPU with no AVX-512-BF16/AMX)
-    torch emulates bf16 matmuls, many times slower than fp32."""
-    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+    """Whether bf16 runs in hardware on `device`: CUDA compute capability 8.0 or newer (A100,
+    H100, RTX 30xx on), or a CPU with AVX-512-BF16 or AMX. Elsewhere (T4, V100, AVX2 CPUs) it is
+    emulated, many times slower than fp16 or fp32."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return cpu_has_bf16()
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -38,10 +41,11 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `precision` on `device`, None for fp32. "auto" is bf16 where the
-    hardware has it, fp32 elsewhere."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or native_bf16(device):
+    """The autocast dtype of `precision` on `device`, None for fp32. "auto": bf16 where the
+    hardware has it; on an older CUDA GPU fp16 (the trainer then scales the loss); else fp32."""
+    explicit = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision in explicit:
+        return explicit[precision]
+    if native_bf16(device):
         return torch.bfloat16
-    return None
+    return torch.float16 if device.type == "cuda" else None

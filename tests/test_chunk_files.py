@@ -30,12 +30,13 @@ def test_every_chunk_equals_zarr_including_the_ragged_last(tmp_path, compress):
         direct.read(7)
 
 
-def test_a_missing_chunk_reads_as_the_fill_value(tmp_path):
+def test_a_missing_chunk_is_damage_not_fill(tmp_path):
     write_store(tmp_path / "s.zarr")
     array = _images(tmp_path / "s.zarr")
     (tmp_path / "s.zarr" / "train" / "images" / "c" / "1" / "0" / "0" / "0").unlink()
-    assert np.isnan(ChunkFiles.for_array(array).read(1)).all()
-    assert np.isnan(array[32:64]).all()  # what zarr says too
+    with pytest.raises(DataError, match="chunk file .* is missing"):
+        ChunkFiles.for_array(array).read(1)
+    assert np.isnan(array[32:64]).all()  # what zarr alone would have handed over
 
 
 @pytest.mark.parametrize("compress", [False, True])

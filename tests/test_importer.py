@@ -85,9 +85,10 @@ def test_every_format_imports(tmp_path):
 
 def test_class_folder_aliases(tmp_path):
     make_tree(tmp_path / "src", per_class=3, folders=("no", "sphere", "vort"))
-    import_tree(tmp_path / "src", tmp_path / "out.zarr", val_fraction=0.0)
-    labels = open_store(tmp_path / "out.zarr")["train/labels"][:]
-    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    import_tree(tmp_path / "src", tmp_path / "out.zarr")
+    group = open_store(tmp_path / "out.zarr")
+    labels = [*group["train/labels"][:], *group["val/labels"][:]]
+    assert sorted(labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
 def test_unknown_class_folder(tmp_path):
@@ -115,11 +116,11 @@ def test_bad_file_stops_the_import_naming_it(tmp_path, content, reason):
     else:
         np.save(bad, content)
     with pytest.raises(DataError) as info:
-        import_tree(tmp_path / "src", tmp_path / "out.zarr", val_fraction=0.0)
+        import_tree(tmp_path / "src", tmp_path / "out.zarr")
     assert str(bad) in str(info.value) and reason in str(info.value)
     assert list(tmp_path.glob("*out.zarr*")) == [] and list(tmp_path.glob(".out*")) == []
-    report = import_tree(tmp_path / "src", tmp_path / "out.zarr", val_fraction=0.0, skip_bad=True)
-    assert len(report.skipped) == 1 and report.counts["train"] == 12
+    report = import_tree(tmp_path / "src", tmp_path / "out.zarr", skip_bad=True)
+    assert len(report.skipped) == 1 and report.counts["train"] + report.counts["val"] == 12
 
 
 def test_truncated_file(tmp_path):
@@ -131,11 +132,13 @@ def test_truncated_file(tmp_path):
 
 
 def test_normalise_option(tmp_path):
-    (tmp_path / "src" / "cdm").mkdir(parents=True)
-    np.save(tmp_path / "src" / "cdm" / "a.npy", 5 + 10 * _image(1))
+    for name in ("cdm", "no_sub"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for i in range(2):
+            np.save(tmp_path / "src" / name / f"{i}.npy", 5 + 10 * _image(1))
     with pytest.raises(DataError, match="--normalise"):
         import_tree(tmp_path / "src", tmp_path / "out.zarr")
-    import_tree(tmp_path / "src", tmp_path / "out.zarr", normalise=True, val_fraction=0)
+    import_tree(tmp_path / "src", tmp_path / "out.zarr", normalise=True)
     image = open_store(tmp_path / "out.zarr")["train/images"][0, 0]
     np.testing.assert_allclose(image, _image(1), atol=1e-6)
 
@@ -162,11 +165,13 @@ def make_sr_tree(root: Path, n: int = 6) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_sr_tree_pairs_by_name(tmp_path):
     pairs = make_sr_tree(tmp_path / "src")
-    report = import_tree(tmp_path / "src", tmp_path / "sr.zarr", val_fraction=0.0)
-    assert report.kind == "sr" and report.counts == {"train": 6, "val": 0}
+    report = import_tree(tmp_path / "src", tmp_path / "sr.zarr")
+    assert report.kind == "sr" and report.counts == {"train": 5, "val": 1}
     group = open_store(tmp_path / "sr.zarr", "sr")
     assert group.attrs["factor"] == 2
-    stored = {lr.tobytes(): hr for lr, hr in zip(group["train/lr"][:, 0], group["train/hr"][:, 0])}
+    lrs = [*group["train/lr"][:, 0], *group["val/lr"][:, 0]]
+    hrs = [*group["train/hr"][:, 0], *group["val/hr"][:, 0]]
+    stored = {lr.tobytes(): hr for lr, hr in zip(lrs, hrs)}
     for lr, hr in pairs:
         np.testing.assert_array_equal(
             stored[lr.astype(np.float32).tobytes()], hr.astype(np.float32)
@@ -178,8 +183,8 @@ def test_sr_missing_partner(tmp_path):
     (tmp_path / "src" / "HR" / "sample3.npy").unlink()
     with pytest.raises(DataError, match="sample3.npy: no partner file in HR/"):
         import_tree(tmp_path / "src", tmp_path / "sr.zarr")
-    report = import_tree(tmp_path / "src", tmp_path / "sr.zarr", skip_bad=True, val_fraction=0.0)
-    assert report.counts["train"] == 5 and len(report.skipped) == 1
+    report = import_tree(tmp_path / "src", tmp_path / "sr.zarr", skip_bad=True)
+    assert report.counts["train"] + report.counts["val"] == 5 and len(report.skipped) == 1
 
 
 def test_cli_import_and_errors(tmp_path):

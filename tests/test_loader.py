@@ -29,7 +29,7 @@ def synthetic_store(path: Path, kind: str = CLASSIFICATION) -> Path:
                     (n, 1, SIZE, SIZE), dtype=np.float32
                 )
                 w.create(split, "labels", (n,), "int64", CHUNK)[:] = rng.integers(0, 3, n)
-                w.create(split, "axion_mass", (n,), "float32", CHUNK)
+                w.create(split, "axion_mass", (n,), "float32", CHUNK)[:] = np.nan
             else:
                 hr = rng.random((n, 1, 2 * SIZE, 2 * SIZE), dtype=np.float32)
                 w.create(split, "hr", hr.shape, "float32", CHUNK)[:] = hr

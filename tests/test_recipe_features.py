@@ -186,3 +186,24 @@ def test_tiny_encoder_overrides_still_build(stores, tmp_path):  # noqa: F811
                  "encoder.drop_path=0.1", "optim.layer_decay=0.8", *TINY_ENCODER]  # fmt: skip
     metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", overrides)
     assert 0 <= metrics["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("blank", [True, False])
+def test_mae_with_a_conv_stem_sees_nothing_of_the_masked_patches(blank, monkeypatch):
+    """Pixels of masked patches reach no token: changing them leaves the predictions as they
+    were. Without the blanking, the stem's overlapping convolutions would leak them."""
+    from lensperf.models import MAE, MAEConfig
+
+    encoder = ViTConfig(dim=32, depth=1, heads=2, patch_size=8, stem="conv")
+    mae = MAE(MAEConfig(encoder=encoder, decoder_dim=16, decoder_depth=1, decoder_heads=2))
+    if not blank:
+        monkeypatch.setattr(type(mae.encoder), "mixes_patches", property(lambda self: False))
+    images = torch.rand(2, 1, 64, 64)
+    torch.manual_seed(3)
+    _, pred, mask = mae(images)
+    hidden = mask.view(2, 1, 8, 8).repeat_interleave(8, -2).repeat_interleave(8, -1)
+    changed = images + hidden * torch.rand_like(images)
+    torch.manual_seed(3)
+    _, pred_changed, mask_changed = mae(changed)
+    assert torch.equal(mask, mask_changed)
+    assert torch.allclose(pred, pred_changed, atol=1e-6) == blank

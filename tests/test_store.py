@@ -30,7 +30,7 @@ def write_store(
             writer.create(split, "labels", (len(rows),), "int64", chunk)[:] = (
                 np.arange(len(rows)) % 3
             )
-            writer.create(split, "axion_mass", (len(rows),), "float32", chunk)
+            writer.create(split, "axion_mass", (len(rows),), "float32", chunk)[:] = np.nan
     return images
 
 

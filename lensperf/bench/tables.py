@@ -101,10 +101,9 @@ def time_to_target_section(t: dict) -> list[str]:
 
 def plot_time_to_accuracy(t: dict, path: Path) -> None:
     """Accuracy and macro AUC of every route against minutes of training and images seen."""
-    from matplotlib.figure import Figure  # drawn without pyplot: no global backend touched
+    from lensperf.figures import figure, save_png
 
-    fig = Figure(figsize=(11, 7.5))
-    axes = fig.subplots(2, 2)
+    fig, axes = figure(2, 2, figsize=(11, 7.5))
     for r in t["routes"].values():
         style = (
             "--" if r["offset_s"] == 0 and len(r["stages"]) == 1 and "only" in r["label"] else "-"
@@ -123,24 +122,18 @@ def plot_time_to_accuracy(t: dict, path: Path) -> None:
         for ax in axes[row]:
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_png(fig, path)
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lensperf.figures import figure, save_png
 
     tasks = list(results["throughput"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2))
+    fig, axes = figure(1, len(tasks), figsize=(3.6 * len(tasks), 3.2))
     for ax, task in zip(axes, tasks):
         modes = results["throughput"][task]
         ax.bar(range(len(modes)), [r["images_per_s"] for r in modes.values()])
         ax.set_xticks(range(len(modes)), list(modes), rotation=30, ha="right", fontsize=7)
         ax.set_title(task)
         ax.set_ylabel("images/s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path)

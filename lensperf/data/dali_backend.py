@@ -15,6 +15,8 @@ the chunk cache (see prefetch.py).
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,6 +26,7 @@ from lensperf.data.augment import standardisation
 from lensperf.data.loader import Loader, StoreBatches
 from lensperf.data.prefetch import Key, Prefetcher
 from lensperf.errors import DataError
+from lensperf.processes import die_with_parent, spawning_without_main
 
 
 class _Source:
@@ -43,6 +46,7 @@ class _Source:
         self.start_epoch, self.start_batch = start_epoch, start_batch
         self.outputs = list(loader.reader.layout.batch_names.values())
         self._prefetcher = None  # made in the worker process, on the first call
+        self.parent_pid = os.getpid()
 
     def __getstate__(self):
         return {**self.__dict__, "_prefetcher": None}
@@ -52,7 +56,8 @@ class _Source:
         batch = info.iteration + (self.start_batch if info.epoch_idx == 0 else 0)
         if batch >= len(self.plan):
             raise StopIteration
-        if self._prefetcher is None:
+        if self._prefetcher is None:  # the first call, in the worker process
+            die_with_parent(self.parent_pid)
             self._prefetcher = Prefetcher(self._columns, self.plan.next_key, threads=self.threads)
         return self._prefetcher.get((epoch, batch))
 
@@ -128,7 +133,9 @@ class DaliLoader(Loader):
             prefetch_queue_depth=self.prefetch,
             exec_dynamic=True,  # _to_torch's zero-copy outputs depend on it
         )  # fmt: skip
-        pipe.build()
+        with spawning_without_main():  # a script without a __main__ guard works too
+            pipe.start_py_workers()
+            pipe.build()
         return pipe
 
     def _batches(self, epoch: int, start: int) -> Iterator[dict]:
@@ -149,10 +156,9 @@ class DaliLoader(Loader):
             if isinstance(error, DataError):
                 raise
             self.close()
-            lines = str(error).strip().splitlines() or [type(error).__name__]
-            # The worker's own message (a DataError naming the damaged chunk) beats DALI's.
-            detail = next((ln for ln in lines if "DataError" in ln or "damaged" in ln), lines[0])
-            raise DataError(f"data loading failed ({self.reader.path}): {detail}") from None
+            raise DataError(
+                f"data loading failed ({self.reader.path}): {worker_message(error)}"
+            ) from None
         self._pipe.reset()
         self._pipe_start = (epoch + 1, 0)
 
@@ -160,6 +166,17 @@ class DaliLoader(Loader):
         if self._pipe is not None:
             del self._pipe
             self._pipe = None
+
+
+def worker_message(error: Exception) -> str:
+    """The worker's own message from DALI's wrapped error: the text after the last
+    "DataError: " line of the worker's traceback (a traceback also quotes the source line that
+    raised it, which is not the message), else the error's first line."""
+    text = str(error).strip()
+    found = re.findall(r"^(?:[\w.]+\.)?DataError: (.+)$", text, flags=re.MULTILINE)
+    if found:
+        return found[-1].strip()
+    return (text.splitlines() or [type(error).__name__])[0]
 
 
 def _to_torch(output) -> torch.Tensor:

@@ -72,10 +72,14 @@ class MAE(nn.Module):
 
     def forward(self, images_BCHW: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, predicted patches (B, L, p*p*C), mask (B, L) with 1 = removed)."""
-        tokens_BLD, grid = self.encoder.patchify(images_BCHW)
-        visible_BKD, mask_BL, ids_restore_BL = ops.random_masking(
-            tokens_BLD, self.config.mask_ratio
-        )
+        p, ratio = self.config.encoder.patch_size, self.config.mask_ratio
+        B, L = images_BCHW.shape[0], (images_BCHW.shape[-2] // p) * (images_BCHW.shape[-1] // p)
+        noise_BL = torch.rand(B, L, device=images_BCHW.device)
+        hidden_BL = None
+        if self.encoder.mixes_patches:  # the same draw masks the pixels and the tokens
+            hidden_BL = ops.random_masking(noise_BL[..., None], ratio, noise=noise_BL)[1]
+        tokens_BLD, grid = self.encoder.patchify(images_BCHW, hidden_BL)
+        visible_BKD, mask_BL, ids_restore_BL = ops.random_masking(tokens_BLD, ratio, noise_BL)
         latent_B1KD = self.encoder.forward_tokens(visible_BKD)
 
         x = self.decoder_embed(latent_B1KD)

@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+import lensperf_kernels as kernels
 import torch
 import torch.nn.functional as F
+from lensperf_kernels.masking import random_masking_reference, unshuffle_reference
 from torch import Tensor
-
-import kernels
-from kernels.masking import random_masking_reference, unshuffle_reference
 
 Mode = Literal["auto", "on", "off"]
 ENV = "LENSPERF_KERNELS"
@@ -79,11 +78,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.matmul(scores.float().softmax(dim=-1).to(v.dtype), v)
 
 
-def random_masking(x: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Tensor]:
+def random_masking(
+    x: Tensor, mask_ratio: float, noise: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MAE masking of x (B, L, D): keeps the tokens with the smallest `noise` (B, L; drawn
+    uniformly when None)."""
     if kernels_active(x):
-        return kernels.random_masking(x, mask_ratio)
+        return kernels.random_masking(x, mask_ratio, noise=noise)
     B, L, _ = x.shape
-    noise = torch.rand(B, L, device=x.device)
+    if noise is None:
+        noise = torch.rand(B, L, device=x.device)
     return random_masking_reference(x, noise, int(L * (1 - mask_ratio)))
 
 

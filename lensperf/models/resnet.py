@@ -21,12 +21,16 @@ class ResNetConfig:
     in_chans: int = 1
     widths: tuple[int, ...] = (16, 32, 64, 128)
     blocks: tuple[int, ...] = (2, 2, 2, 2)
+    # Input standardisation, x -> (x - input_mean) / input_std, as ViTConfig's.
+    input_mean: float = 0.0
+    input_std: float = 1.0
 
     def __post_init__(self):
         require(len(self.widths) >= 1, "widths", "must name at least one stage")
         require(len(self.blocks) == len(self.widths), "blocks", "needs one count per width")
         require(all(w >= 1 for w in self.widths), "widths", "must be positive")
         require(all(b >= 1 for b in self.blocks), "blocks", "must be at least 1")
+        require(self.input_std > 0, "input_std", "must be positive")
 
 
 class BasicBlock(nn.Module):
@@ -68,7 +72,9 @@ class ResNet(nn.Module):
         self.head = nn.Linear(c_in, num_classes)
 
     def embed(self, images_BCHW: Tensor) -> Tensor:
-        return self.stages(self.stem(images_BCHW)).mean(dim=(-2, -1))
+        c = self.config
+        x = (images_BCHW - c.input_mean) * (1 / c.input_std)
+        return self.stages(self.stem(x)).mean(dim=(-2, -1))
 
     def forward(self, images_BCHW: Tensor) -> Tensor:
         return self.head(self.embed(images_BCHW))

@@ -118,15 +118,23 @@ class ConvStem(nn.Module):
 
     def __init__(self, in_chans: int, dim: int, patch_size: int):
         super().__init__()
-        layers, c_in, width = [], in_chans, max(8, dim // patch_size)
+        convs, c_in, width = [], in_chans, max(8, dim // patch_size)
         for _ in range(patch_size.bit_length() - 1):
-            layers += [nn.Conv2d(c_in, width, 3, stride=2, padding=1), nn.GELU()]
+            convs.append(nn.Conv2d(c_in, width, 3, stride=2, padding=1))
             c_in, width = width, 2 * width
-        layers.append(nn.Conv2d(c_in, dim, 1))
-        self.layers = nn.Sequential(*layers)
+        self.convs = nn.ModuleList(convs)
+        self.proj = nn.Conv2d(c_in, dim, 1)
 
-    def forward(self, images_BCHW: Tensor) -> Tensor:
-        return self.layers(images_BCHW)
+    def forward(self, images_BCHW: Tensor, visible_B1HW: Tensor | None = None) -> Tensor:
+        """`visible_B1HW` (1 = visible) blanks the masked patches after every layer, as masked
+        convolutions do (ConvMAE): nothing of them, not even a bias, reaches a visible token."""
+        x = images_BCHW
+        for conv in self.convs:
+            x = nn.functional.gelu(conv(x))
+            if visible_B1HW is not None:
+                step = visible_B1HW.shape[-1] // x.shape[-1]
+                x = x * visible_B1HW[..., ::step, ::step]
+        return self.proj(x)
 
 
 class ViTEncoder(nn.Module):
@@ -168,13 +176,29 @@ class ViTEncoder(nn.Module):
             return images_BCHW
         return (images_BCHW - c.input_mean) * (1 / c.input_std)
 
-    def patchify(self, images_BCHW: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """Patch tokens with positions added: (B, L, D), and the (rows, cols) grid."""
+    @property
+    def mixes_patches(self) -> bool:
+        """Whether a token sees pixels of neighbouring patches (the conv stem's overlapping
+        convolutions): masked patches must then be blanked before the stem."""
+        return self.config.stem == "conv"
+
+    def patchify(
+        self, images_BCHW: Tensor, hidden_BL: Tensor | None = None
+    ) -> tuple[Tensor, tuple[int, int]]:
+        """Patch tokens with positions added: (B, L, D), and the (rows, cols) grid. Patches
+        where `hidden_BL` is 1 are blanked (set to the input mean) before the stem, so no token
+        carries their pixels."""
         p = self.config.patch_size
         H, W = images_BCHW.shape[-2:]
         if H % p or W % p:
             raise ValueError(f"image {H}x{W} is not divisible by patch size {p}")
-        tokens_BDhw = self.patch_embed(self.standardise(images_BCHW))
+        x = self.standardise(images_BCHW)
+        if hidden_BL is None:
+            tokens_BDhw = self.patch_embed(x)
+        else:
+            hidden_B1hw = hidden_BL.view(-1, 1, H // p, W // p).to(x.dtype)
+            visible_B1HW = 1 - hidden_B1hw.repeat_interleave(p, -2).repeat_interleave(p, -1)
+            tokens_BDhw = self.patch_embed(x * visible_B1HW, visible_B1HW)
         grid = tokens_BDhw.shape[-2:]
         tokens_BLD = tokens_BDhw.flatten(2).transpose(1, 2)
         pos_LD = sincos_positions(*grid, self.config.dim).to(tokens_BLD)

@@ -23,9 +23,9 @@ class InstrumentConfig:
     exposure_time_log10_range: tuple[float, ...] = ()
     num_exposures: int = 1
     magnitude_zero_point: float = 24.0
-    sky_brightness: float | None = None  # mag / arcsec^2
-    read_noise: float | None = None
-    ccd_gain: float | None = None
+    sky_brightness: float | None = 22.35  # mag / arcsec^2 (nominal Euclid VIS)
+    read_noise: float | None = 4.2
+    ccd_gain: float | None = 3.1
     background_rms: float | None = None  # overrides the sky/read-noise background when set
     noise: bool = False  # add background + Poisson noise (DeepLense Model II files are noise-free)
     supersampling: int = 2  # sub-pixels per pixel side when rendering
@@ -45,11 +45,12 @@ class InstrumentConfig:
             require(lo <= hi, "exposure_time_log10_range", "lo must not exceed hi")
         require(self.num_exposures >= 1, "num_exposures", "must be at least 1")
         require(1 <= self.supersampling <= 8, "supersampling", "must be in [1, 8]")
-        has_sky = self.sky_brightness is not None
+        # lenstronomy builds a background model for every image, noisy or not.
+        sky = (self.sky_brightness, self.read_noise, self.ccd_gain)
         require(
-            not self.noise or has_sky or self.background_rms is not None,
-            "noise",
-            "needs sky_brightness or background_rms",
+            self.background_rms is not None or all(v is not None for v in sky),
+            "background_rms",
+            "must be set, or else sky_brightness, read_noise and ccd_gain",
         )
 
     @property

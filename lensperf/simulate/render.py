@@ -142,6 +142,9 @@ class Renderer:
             psf_type="GAUSSIAN",
             background_noise=ins.background_rms,
         )
+        if ins.background_rms is not None:  # it replaces the sky model (lenstronomy warns else)
+            for key in ("sky_brightness", "read_noise", "ccd_gain"):
+                band.pop(key)
         return {k: v for k, v in band.items() if v is not None}
 
     def _sim(self, n_point_masses: int) -> SimAPI:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lensperf.config import to_dict
+from lensperf.processes import die_with_parent, spawning_without_main
 from lensperf.progress import progress
 from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
 from lensperf.simulate.render import Renderer, SceneSampler, image_rng
@@ -100,8 +101,15 @@ def _run(
         return
     # spawn, not fork: the parent may hold torch or zarr threads that fork would copy broken.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=init, initargs=(config,)) as pool:
+    with spawning_without_main():
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(init, config, os.getpid()))
+    with pool:
         yield from pool.imap(render, jobs)
+
+
+def _init_worker(init: Callable, config, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    init(config)
 
 
 def default_workers() -> int:

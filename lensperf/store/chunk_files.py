@@ -31,7 +31,6 @@ class ChunkFiles:
         self.shape = tuple(array.shape)
         self.chunk_shape = tuple(self.metadata.chunk_grid.chunk_shape)
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
-        self.fill_value = array.fill_value
         self.compressed = any(isinstance(c, BloscCodec) for c in self.metadata.codecs)
 
     @classmethod
@@ -69,8 +68,9 @@ class ChunkFiles:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            # zarr leaves out chunks that hold only the fill value.
-            return np.full((rows,) + self.shape[1:], self.fill_value, self.dtype)
+            # Only image arrays are read here, and an image chunk is never all fill value (NaN):
+            # a missing one was deleted, not left out.
+            raise DataError(f"damaged store: the chunk file {path} is missing") from None
         return self._decode(data, path)[:rows]
 
     def _decode(self, data: bytes, path: Path) -> np.ndarray:

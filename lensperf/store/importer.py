@@ -71,6 +71,8 @@ def _load_npy(path: Path) -> np.ndarray:
 
 def _as_image(path: Path, array: np.ndarray) -> np.ndarray:
     """(H, W) float64 from any of the accepted layouts."""
+    if np.iscomplexobj(array):
+        raise BadFile(path, "pixels are complex numbers; an image must be real")
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     elif array.ndim == 1:
@@ -103,6 +105,8 @@ def read_image(path: Path, *, normalise: bool = False) -> tuple[np.ndarray, floa
                 mass = float(items[1])
             except (TypeError, ValueError):
                 raise BadFile(path, "second item of the object array is not a mass") from None
+            if not math.isfinite(mass) or mass <= 0:
+                raise BadFile(path, f"axion mass {mass!r} is not a positive number")
     image = _as_image(path, raw)
     if not np.isfinite(image).all():
         raise BadFile(path, "image has NaN or infinite pixels")
@@ -132,15 +136,24 @@ def find_classification_files(src: Path) -> tuple[list[Path], np.ndarray]:
             known = ", ".join(sorted(CLASS_ALIASES))
             raise DataError(f"{folder}: not a class folder (expected one of: {known})")
         found = sorted(folder.glob("*.npy"))
+        if not found:
+            raise DataError(f"{folder}: the class folder holds no .npy files")
         files += found
         labels += [CLASSES.index(name)] * len(found)
     if not files:
-        raise DataError(f"no .npy files in class folders under {src}")
+        raise DataError(f"no class folders with .npy files under {src}")
+    present = sorted({CLASSES[label] for label in labels}, key=CLASSES.index)
+    if len(present) < 2:
+        raise DataError(
+            f"{src} holds one class only ({present[0]}); a classifier needs at least two"
+        )
     return files, np.asarray(labels, dtype=np.int64)
 
 
 def find_sr_pairs(src: Path, skip_bad: bool, skipped: list[str]) -> list[tuple[Path, Path]]:
     dirs = {p.name.upper(): p for p in src.iterdir() if p.is_dir()}
+    if not {"LR", "HR"} <= set(dirs):
+        raise DataError(f"{src} holds no HR/ and LR/ folders: it is not a super-resolution tree")
     lr = {p.name: p for p in dirs["LR"].glob("*.npy")}
     hr = {p.name: p for p in dirs["HR"].glob("*.npy")}
     for name in sorted(set(lr) ^ set(hr)):
@@ -160,6 +173,28 @@ def _natural_key(name: str) -> tuple:
 
 
 # ---------------------------------------------------------------- writing
+
+
+def _splits(labels: np.ndarray, val_fraction: float, seed: int, unit: str) -> dict:
+    """The seeded train/val split, refused before anything is written if either is empty: the
+    training commands need both."""
+    train, val = stratified_split(labels, val_fraction, seed)
+    if len(val) == 0:
+        raise DataError(
+            f"--val-fraction {val_fraction} leaves no validation {unit}s of {len(labels)}; "
+            f"training and evaluation need some (a fraction above 0, two {unit}s a class or more)"
+        )
+    return {"train": train, "val": val}
+
+
+def _check_counts(report: ImportReport) -> None:
+    """After skipped files, each split must still hold something (else no store is made)."""
+    for split, count in report.counts.items():
+        if count == 0:
+            raise DataError(
+                f"no {split} samples are left after skipping {len(report.skipped)} bad file(s), "
+                f"first: {report.skipped[0]}"
+            )
 
 
 class _ChunkedSplitWriter:
@@ -249,6 +284,7 @@ def import_classification(
     )
     chunk = chunk_length((1, size, size))
     report = ImportReport(out=out, kind=CLASSIFICATION)
+    splits = _splits(labels, val_fraction, seed, "file")
 
     def reader(i: int):
         image, mass = read_image(files[i], normalise=normalise)
@@ -264,7 +300,6 @@ def import_classification(
             config={"val_fraction": val_fraction, "normalise": normalise, "skip_bad": skip_bad},
             seed=seed,
         )
-        splits = dict(zip(("train", "val"), stratified_split(labels, val_fraction, seed)))
         with progress(total=len(files), desc="import", unit="file") as bar:
             for split, order in splits.items():
                 m = len(order)
@@ -283,6 +318,7 @@ def import_classification(
                 ):
                     sink.add(images=image[None], labels=labels[i], axion_mass=np.float32(mass))
                 report.counts[split] = sink.finish()
+        _check_counts(report)
     return report
 
 
@@ -305,6 +341,7 @@ def import_sr(
     if hr_size % lr_size or hr_size // lr_size < 2:
         raise DataError(f"{pairs[0][1]}: HR size {hr_size} is not a multiple of LR size {lr_size}")
     chunk = chunk_length((1, hr_size, hr_size))
+    splits = _splits(np.zeros(len(pairs), dtype=np.int64), val_fraction, seed, "pair")
 
     def reader(i: int):
         lr_path, hr_path = pairs[i]
@@ -325,8 +362,6 @@ def import_sr(
             config={"val_fraction": val_fraction, "skip_bad": skip_bad},
             seed=seed,
         )
-        zeros = np.zeros(len(pairs), dtype=np.int64)
-        splits = dict(zip(("train", "val"), stratified_split(zeros, val_fraction, seed)))
         with progress(total=len(pairs), desc="import", unit="pair") as bar:
             for split, order in splits.items():
                 m = len(order)
@@ -346,6 +381,7 @@ def import_sr(
                 ):
                     sink.add(lr=lr[None], hr=hr[None])
                 report.counts[split] = sink.finish()
+        _check_counts(report)
     return report
 
 

@@ -109,10 +109,7 @@ def format_summary(summary: dict) -> str:
 
 def sample_grid_png(path: str | Path, png: str | Path, per_row: int = 6) -> Path:
     """A grid of training samples: one row per class, or LR/HR row pairs for SR stores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lensperf.figures import axes_grid, save_png
 
     group = open_store(path)
     attrs = group.attrs.asdict()
@@ -126,8 +123,7 @@ def sample_grid_png(path: str | Path, png: str | Path, per_row: int = 6) -> Path
         n = min(per_row, split_length(group, "train"))
         rows.append(("LR", read_rows(group["train/lr"], slice(0, n))[:, 0]))
         rows.append(("HR", read_rows(group["train/hr"], slice(0, n))[:, 0]))
-    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.6 * per_row, 1.7 * len(rows)))
-    axes = np.atleast_2d(axes)
+    fig, axes = axes_grid(len(rows), per_row, figsize=(1.6 * per_row, 1.7 * len(rows)))
     for (name, images), row in zip(rows, axes):
         for j, ax in enumerate(row):
             ax.set_xticks([])
@@ -136,11 +132,4 @@ def sample_grid_png(path: str | Path, png: str | Path, per_row: int = 6) -> Path
                 ax.imshow(images[j], cmap="inferno", vmin=0, vmax=1)
         row[0].set_ylabel(name)
     fig.suptitle(f"{Path(path).name}: {attrs.get('source')}", fontsize=9)
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
-    return png
+    return save_png(fig, png)

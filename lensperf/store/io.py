@@ -10,8 +10,8 @@ default). Stores written with Blosc
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,11 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync as zarr_sync
+from zarr.storage import LocalStore
 
+from lensperf.atomic import remove_stale_temporaries, replace_folder, temporary_sibling
 from lensperf.errors import DataError
-from lensperf.store.layout import FORMAT_VERSION, LAYOUTS, SPLITS
+from lensperf.store.layout import ALL_CHUNKS_WRITTEN, FORMAT_VERSION, LAYOUTS, SPLITS
 
 
 def _codecs(compress: bool) -> list:
@@ -50,12 +52,15 @@ class StoreWriter:
         self.overwrite = overwrite
         self.compress = compress
         check_output_path(self.out, overwrite)
-        self.tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
+        self.tmp = temporary_sibling(self.out)
         self.group: zarr.Group | None = None
+        self._arrays: list[zarr.Array] = []
 
     def __enter__(self) -> StoreWriter:
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
+        for stale in remove_stale_temporaries(self.out.parent, self.out.name):
+            print(f"lensperf: removed {stale}, left by a write that was killed", file=sys.stderr)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.group = zarr.open_group(str(self.tmp), mode="w-")
         return self
@@ -68,30 +73,35 @@ class StoreWriter:
         self._commit()
 
     def set_attrs(self, **attrs: Any) -> None:
-        self.group.attrs.update({"lensperf_format": FORMAT_VERSION, "kind": self.kind, **attrs})
+        self.group.attrs.update({
+            "lensperf_format": FORMAT_VERSION, "kind": self.kind, ALL_CHUNKS_WRITTEN: True, **attrs
+        })  # fmt: skip
 
     def create(
         self, split: str, name: str, shape: tuple[int, ...], dtype: str, chunk_len: int
     ) -> zarr.Array:
         fill = np.nan if np.dtype(dtype).kind == "f" else 0
-        return self.group.create_array(
+        array = self.group.create_array(
             f"{split}/{name}",
             shape=shape,
             chunks=(max(1, min(chunk_len, shape[0] or 1)),) + tuple(shape[1:]),
             dtype=dtype,
             compressors=_codecs(self.compress),
             fill_value=fill,
+            # Every chunk on disk, even one equal to the fill value (zarr leaves those out by
+            # default): a missing chunk file is then damage, never data.
+            config={"write_empty_chunks": True},
         )
+        self._arrays.append(array)
+        return array
 
     def _commit(self) -> None:
-        old = None
-        if self.out.exists():
-            # Only reached with overwrite=True (checked on entry). Swap, then delete the old one.
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.rename(self.out, old)
-        os.rename(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _wait_for_zarr_writes()
+        for array in self._arrays:  # a writer that skipped rows must not leave a store behind
+            if missing_chunks(array):
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise RuntimeError(f"{array.path}: rows were never written; no store was made")
+        replace_folder(self.tmp, self.out)  # replaces a store only with overwrite=True
 
 
 def _wait_for_zarr_writes(timeout: float = 30.0) -> None:
@@ -136,11 +146,34 @@ def open_store(path: str | Path, kind: str | None = None) -> zarr.Group:
         raise DataError(f"{path} has an unknown kind {store_kind!r}")
     if kind is not None and store_kind != kind:
         raise DataError(f"{path} is a {store_kind} store; this needs a {kind} store")
+    layout = LAYOUTS[store_kind]
     for split in SPLITS:
-        for name in LAYOUTS[store_kind].arrays:
+        for name in layout.arrays:
             if f"{split}/{name}" not in group:
                 raise DataError(f"{path} is incomplete: {split}/{name} is missing")
+            # Stores from before ALL_CHUNKS_WRITTEN may leave out chunks of labels equal to the
+            # fill value; an image chunk is never all NaN, so missing ones are damage anywhere.
+            if attrs.get(ALL_CHUNKS_WRITTEN) or name in layout.images:
+                missing = missing_chunks(group[f"{split}/{name}"])
+                if missing:
+                    raise DataError(
+                        f"{path} is damaged: {len(missing)} chunk file(s) of {split}/{name} are "
+                        f"missing, first {missing[0]}; simulate or import the store again"
+                    )
     return group
+
+
+def missing_chunks(array: zarr.Array) -> list[Path]:
+    """The chunk files of a store on local disk that should hold `array`'s rows but do not
+    exist (none for other stores, which zarr reads its own way)."""
+    if not isinstance(array.store, LocalStore) or array.shape[0] == 0:
+        return []
+    directory = Path(array.store.root) / array.path
+    encode = array.metadata.chunk_key_encoding.encode_chunk_key
+    zeros = (0,) * (len(array.shape) - 1)
+    n_chunks = -(-array.shape[0] // array.chunks[0])
+    keys = (directory / encode((c, *zeros)) for c in range(n_chunks))
+    return [key for key in keys if not key.is_file()]
 
 
 def split_length(group: zarr.Group, split: str) -> int:

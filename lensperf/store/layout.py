@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMAT_VERSION = 1
+# Attribute of stores that hold every chunk file (since lensperf 0.1): a missing one is damage.
+ALL_CHUNKS_WRITTEN = "all_chunks_written"
 CLASSIFICATION = "classification"
 SR = "sr"
 SPLITS = ("train", "val")

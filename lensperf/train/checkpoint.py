@@ -3,12 +3,13 @@ the last good one; loaded with weights_only=True (tensors and plain containers, 
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lensperf.atomic import atomic_file
 from lensperf.errors import DataError
 
 FORMAT = "lensperf-checkpoint-1"
@@ -16,12 +17,12 @@ FORMAT = "lensperf-checkpoint-1"
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Serialised in memory, then written as plain bytes: torch.save writing to a file turns a
+    # full disk into an opaque RuntimeError from its zip writer instead of ENOSPC.
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 

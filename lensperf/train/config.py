@@ -53,7 +53,8 @@ class OptimConfig:
 @dataclass(frozen=True, kw_only=True)
 class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware has it
+    # auto: bf16 where the hardware has it, fp16 (with loss scaling) on older CUDA GPUs, else fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = True
     kernels: Literal["auto", "on", "off"] = "auto"  # auto: Triton kernels on CUDA only
     seed: int = 0

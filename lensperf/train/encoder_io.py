@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file, save_file
 
+from lensperf.atomic import atomic_folder
 from lensperf.config import from_dict, to_dict
 from lensperf.errors import DataError
 from lensperf.models.vit import ViTConfig, ViTEncoder
@@ -17,6 +18,8 @@ WEIGHTS, CONFIG = "encoder.safetensors", "encoder.yaml"
 
 
 def encoder_from_checkpoint(state: dict) -> ViTEncoder:
+    if state.get("encoder_config") is None:
+        raise DataError(f"a {state.get('task')} checkpoint of a model with no ViT encoder")
     config = from_dict(ViTConfig, state["encoder_config"], prefix="encoder")
     prefix = "encoder."
     weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
@@ -43,12 +46,18 @@ def load_encoder(path: str | Path) -> ViTEncoder:
     return encoder_from_checkpoint(load_checkpoint(path))
 
 
-def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
-    encoder = encoder_from_checkpoint(load_checkpoint(checkpoint))
+def export_encoder(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the checkpoint's encoder to the folder `out` (encoder.safetensors + encoder.yaml),
+    whole or not at all. An existing file at `out`, or a folder with anything in it, is refused
+    unless `overwrite` (a folder then is replaced)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; export writes a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out} is not empty (pass --overwrite to replace it)")
+    encoder = encoder_from_checkpoint(load_checkpoint(checkpoint))
     weights = {k: v.contiguous() for k, v in encoder.state_dict().items()}
-    save_file(weights, str(out / f".{WEIGHTS}.tmp"))
-    (out / f".{WEIGHTS}.tmp").replace(out / WEIGHTS)
-    (out / CONFIG).write_text(yaml.safe_dump(to_dict(encoder.config), sort_keys=False))
+    with atomic_folder(out) as folder:
+        save_file(weights, str(folder / WEIGHTS))
+        (folder / CONFIG).write_text(yaml.safe_dump(to_dict(encoder.config), sort_keys=False))
     return out

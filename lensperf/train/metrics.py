@@ -19,12 +19,17 @@ from lensperf.store import CLASSES
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, F1 and one-vs-rest ROC AUC per class; a class absent from `labels` (or the
+    only one present) has no AUC (NaN), and the macro AUC averages the classes that have one."""
     k = logits.shape[1]
     probs = logits.softmax(dim=1)
     per_class = multiclass_auroc(probs, labels, num_classes=k, average=None)
+    counts = torch.bincount(labels, minlength=k)
+    per_class = torch.where((counts > 0) & (counts < len(labels)), per_class, torch.nan)
+    defined = per_class[~per_class.isnan()]
     out = {
         "accuracy": multiclass_accuracy(probs, labels, num_classes=k, average="micro").item(),
-        "auc_macro": per_class.mean().item(),
+        "auc_macro": defined.mean().item() if len(defined) else float("nan"),
         "f1_macro": multiclass_f1_score(probs, labels, num_classes=k, average="macro").item(),
     }
     out.update({f"auc_{name}": v.item() for name, v in zip(CLASSES, per_class)})

@@ -5,29 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from lensperf.store import CLASSES  # noqa: E402
-from lensperf.train.metrics import bicubic  # noqa: E402
+from lensperf.figures import axes_grid, figure, save_png
+from lensperf.store import CLASSES
+from lensperf.train.metrics import bicubic
 
 MAX_TSNE_POINTS = 1500  # t-SNE is O(n^2) in memory; enough points to see the clusters
+MIN_PROJECTION_POINTS = 5  # t-SNE needs its perplexity (at least 2) below the point count
 
 
 def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def curves(history: dict, train_keys, eval_keys, path: Path, title: str) -> None:
     if not history["train"]:
         return
-    fig, axes = plt.subplots(1, 1 + len(eval_keys), figsize=(4 * (1 + len(eval_keys)), 3.2))
+    fig, axes = figure(1, 1 + len(eval_keys), figsize=(4 * (1 + len(eval_keys)), 3.2))
     axes = np.atleast_1d(axes)
     train = history["train"]
     for key in train_keys:
@@ -60,7 +56,7 @@ def reconstructions(model, loader, path: Path, n: int = 6) -> None:
     # The loss covers removed patches only, so predictions on visible ones mean nothing: paste
     # the visible input back, as MAE's own figures do.
     recon = masked + recon * mask_img
-    fig, axes = plt.subplots(3, len(images), figsize=(1.8 * len(images), 5.6))
+    fig, axes = axes_grid(3, len(images), figsize=(1.8 * len(images), 5.6))
     for j in range(len(images)):
         for i, (name, img) in enumerate(
             (("input", images), ("visible", masked), ("reconstruction", recon))
@@ -80,7 +76,7 @@ def classification_figures(pred: dict, out: Path) -> None:
 
     probs = pred["logits"].softmax(1).numpy()
     labels = pred["labels"].numpy()
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig, ax = figure(figsize=(4.5, 4))
     for k, name in enumerate(CLASSES):
         if (labels == k).any() and (labels != k).any():
             fpr, tpr, _ = roc_curve(labels == k, probs[:, k])
@@ -92,7 +88,7 @@ def classification_figures(pred: dict, out: Path) -> None:
     _save(fig, out / "roc.png")
 
     matrix = confusion_matrix(labels, probs.argmax(1), labels=range(len(CLASSES)))
-    fig, ax = plt.subplots(figsize=(4, 3.6))
+    fig, ax = figure(figsize=(4, 3.6))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center")
@@ -113,9 +109,11 @@ def classification_figures(pred: dict, out: Path) -> None:
     (out / "classification_report.txt").write_text(text)
 
     emb = pred["embeddings"].numpy()
+    if len(emb) < MIN_PROJECTION_POINTS:
+        return  # too few points to project
     keep = np.random.default_rng(0).permutation(len(emb))[:MAX_TSNE_POINTS]
     emb, lab = emb[keep], labels[keep]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig, axes = figure(1, 2, figsize=(9, 4))
     for ax, (name, points) in zip(axes, _projections(emb, PCA, TSNE)):
         for k, cls in enumerate(CLASSES):
             ax.scatter(*points[lab == k].T, s=4, label=cls)
@@ -142,8 +140,7 @@ def sr_triptychs(model, loader, path: Path, n: int = 4) -> None:
     pred = model(lr).float().clamp(0, 1)
     up = bicubic(lr.float())
     columns = (("LR", lr), ("bicubic", up), ("prediction", pred), ("HR", hr))
-    fig, axes = plt.subplots(len(lr), 4, figsize=(8, 2.1 * len(lr)))
-    axes = np.atleast_2d(axes)
+    fig, axes = axes_grid(len(lr), 4, figsize=(8, 2.1 * len(lr)))
     for i in range(len(lr)):
         for j, (name, img) in enumerate(columns):
             axes[i, j].imshow(img[i, 0].float().cpu(), cmap="inferno", vmin=0, vmax=1)

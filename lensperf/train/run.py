@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from lensperf.atomic import atomic_folder
 from lensperf.config import load_config
 from lensperf.data import make_loader
 from lensperf.errors import DataError
@@ -17,15 +18,26 @@ from lensperf.train.trainer import Trainer
 
 
 def train(
-    task_name: str, config_path, overrides=(), *, resume: bool = False, stop_after: int = 0
+    task_name: str,
+    config_path,
+    overrides=(),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int = 0,
 ) -> dict:
+    """Train `task_name` from a config file plus overrides. A run continues its checkpoint with
+    `resume`, replaces a finished run in out_dir with `overwrite`, and refuses otherwise."""
     config = load_config(TASKS[task_name].config_type, config_path, overrides)
-    return train_config(task_name, config, resume=resume, stop_after=stop_after)
+    return train_config(task_name, config, resume=resume, overwrite=overwrite,
+                        stop_after=stop_after)  # fmt: skip
 
 
-def train_config(task_name: str, config, *, resume: bool = False, stop_after: int = 0) -> dict:
+def train_config(
+    task_name: str, config, *, resume: bool = False, overwrite: bool = False, stop_after: int = 0
+) -> dict:
     task = TASKS[task_name](config)
-    return Trainer(config, task, resume=resume, stop_after=stop_after).run()
+    return Trainer(config, task, resume=resume, overwrite=overwrite, stop_after=stop_after).run()
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path | None = None) -> dict:
@@ -39,11 +51,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path | None = 
     if len(loader) == 0:
         raise DataError(f"{data} has no validation samples")
     out = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(data).stem}"
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with atomic_folder(out) as report, torch.no_grad():
         metrics = task.evaluate(model, loader)
-        history = {"train": [], "eval": []}
-        task.report(model, loader, history, out)
-    metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data), **metrics}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        task.report(model, loader, {"train": [], "eval": []}, report)
+        metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data), **metrics}
+        (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lensperf.atomic import atomic_folder, write_text_atomic
 from lensperf.config import save_config, to_dict
 from lensperf.data import make_loader
 from lensperf.errors import LensperfError
@@ -32,10 +33,25 @@ from lensperf.progress import progress
 from lensperf.runtime import autocast_dtype, resolve_device
 from lensperf.train.checkpoint import load_checkpoint, save_checkpoint
 from lensperf.train.optim import WeightAverage, build_optimizer, lr_at, set_lr
+from lensperf.train.run_dir import RunDirectory
 
 
 class TrainingError(LensperfError):
     pass
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log's records up to `step` (a resumed run repeats the steps after its last
+    checkpoint; their first records must go), replacing the file atomically."""
+    if not path.exists():
+        return
+
+    def step_of(line: str) -> int:
+        record = json.loads(line)
+        return record.get("eval", record)["step"]
+
+    kept = [line for line in path.read_text().splitlines() if line and step_of(line) <= step]
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 POSITION_KEYS = ("step", "epoch", "images", "train_s", "eval_s", "elapsed_s")
@@ -61,13 +77,17 @@ def recalibrate_batch_norm(model: nn.Module, batches, task) -> None:
 
 
 RECALIBRATION_BATCHES = 8  # recent training batches that refresh batch-norm statistics
+MAX_SKIPPED_STEPS = 20  # fp16: overflowed updates in a row before training stops
 
 
 class Trainer:
-    def __init__(self, config, task, *, resume: bool = False, stop_after: int = 0):
+    def __init__(
+        self, config, task, *, resume: bool = False, overwrite: bool = False, stop_after: int = 0
+    ):
         self.config = config
         self.task = task
         self.resume = resume
+        self.overwrite = overwrite
         self.stop_after = stop_after  # steps, then checkpoint and return (tests, time boxes)
         self.run_dir = Path(config.out_dir)
         self.rank = int(os.environ.get("RANK", 0))
@@ -108,6 +128,8 @@ class Trainer:
         )
         if len(self.train_loader) == 0:
             raise TrainingError(f"{data.store}: no training batch (fewer samples than ranks?)")
+        if len(self.val_loader) == 0:
+            raise TrainingError(f"{data.store}: the val split is empty; evaluation needs samples")
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(model, self.config.optim, self.device)
@@ -132,6 +154,7 @@ class Trainer:
             "train_seconds": self._train_seconds(),
             "history": self.history,
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def _save(self) -> None:
@@ -155,16 +178,29 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.train_loader.load_state_dict(state["loader"])
         self.step = int(state["step"])
+        if self.rank == 0:
+            _truncate_log(self.run_dir / "log.jsonl", self.step)
         self.images_seen = int(state.get("images_seen", 0))
         self._seconds_before = float(state.get("train_seconds", 0.0))
         self.history = state["history"]
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     # ------------------------------------------------------------ loop
     def run(self) -> dict:
-        with ops.kernels_switched(self.config.runtime.kernels):
-            return self._run()
+        """Claim the run directory (rank 0), then train; the claim ends with the run."""
+        claim = None
+        if self.rank == 0:
+            claim = RunDirectory(self.run_dir, resume=self.resume, overwrite=self.overwrite)
+            claim.claim()
+        try:
+            with ops.kernels_switched(self.config.runtime.kernels):
+                return self._run()
+        finally:
+            if claim is not None:
+                claim.release()
 
     def _run(self) -> dict:
         self._setup_runtime()
@@ -173,15 +209,17 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         self.optimizer = self._optimizer(self.model)
         self.ema = WeightAverage(self.model, c.optim.ema) if c.optim.ema else None
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
+        self._skipped = 0  # consecutive updates the scaler skipped
         self.step, self.images_seen, self.history = 0, 0, {"train": [], "eval": []}
         self._seconds_before, self._eval_seconds = 0.0, 0.0
         # Recent batches, kept only for a model with batch norm to recalibrate before evaluating.
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self._recent: deque = deque(maxlen=RECALIBRATION_BATCHES if has_bn else 0)
-        if self.resume and self.checkpoint_path.exists():
+        if self.resume:
             self._restore()
         elif self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "log.jsonl").write_text("")
         if self.rank == 0:
             save_config(c, self.run_dir / "config.yaml")
@@ -222,17 +260,7 @@ class Trainer:
         for batch in self.train_loader:
             lr = lr_at(self.step, total, warmup, c.optim.lr, c.optim.min_lr)
             set_lr(self.optimizer, lr)
-            with self._autocast():
-                loss = self.task.loss(step_model, batch)
-            self._guard(loss, "loss")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip = c.optim.grad_clip if c.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self._guard(grad_norm, "gradient norm")
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
+            loss, grad_norm = self._step(step_model, batch)
             self._recent.append(batch)
             self.step += 1
             self.images_seen += len(batch["index"]) * self.world
@@ -253,6 +281,36 @@ class Trainer:
         if bar is not None:
             bar.close()
         return False
+
+    def _step(self, step_model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward, clip and update; (loss, gradient norm). A non-finite loss, or a
+        non-finite gradient without a loss scaler, stops training before the update. With fp16's
+        scaler an overflowed gradient skips the update, as loss scaling intends, unless that
+        happens MAX_SKIPPED_STEPS times in a row."""
+        with self._autocast():
+            loss = self.task.loss(step_model, batch)
+        self._guard(loss, "loss")
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.scaler
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(self.optimizer)
+        clip = self.config.optim.grad_clip or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if scaler is None:
+            self._guard(grad_norm, "gradient norm")
+            self.optimizer.step()
+            updated = True
+        else:
+            updated = bool(torch.isfinite(grad_norm))
+            self._skipped = 0 if updated else self._skipped + 1
+            if self._skipped >= MAX_SKIPPED_STEPS:
+                self._guard(grad_norm, f"gradient norm {self._skipped} steps in a row")
+            scaler.step(self.optimizer)  # skips the update itself when gradients overflowed
+            scaler.update()
+        if self.ema is not None and updated:
+            self.ema.update(self.model)
+        return loss, grad_norm
 
     def _autocast(self):
         dtype = self.amp_dtype or torch.float32
@@ -342,12 +400,9 @@ class Trainer:
             "median_images_per_s": float(sorted(rates)[len(rates) // 2]) if rates else None,
             **{k: v for k, v in final.items() if k not in POSITION_KEYS},
         }
-        report_dir = self.run_dir / "report"
-        report_dir.mkdir(parents=True, exist_ok=True)
         model = self.eval_model.eval()
-        with self._autocast():
-            extra = self.task.report(model, self.val_loader, self.history, report_dir)
-        metrics.update(extra or {})
-        (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        with atomic_folder(self.run_dir / "report") as report_dir, self._autocast():
+            metrics.update(self.task.report(model, self.val_loader, self.history, report_dir))
+            (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics

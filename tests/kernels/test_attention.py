@@ -1,10 +1,9 @@
 import math
 
+import lensperf_kernels as kernels
 import pytest
 import torch
-
-import kernels
-from kernels.attention import attention_backward_reference, attention_reference
+from lensperf_kernels.attention import attention_backward_reference, attention_reference
 
 from .helpers import assert_close
 
@@ -80,7 +79,7 @@ def test_backward_is_deterministic():
 
 def test_lse_matches_logsumexp():
     q, k, v, _ = make_inputs(1, 2, 40, 16, torch.float32, seed=3)
-    _, lse = torch.ops.kernels.attention_fwd(q, k, v, 0.25)
+    _, lse = torch.ops.lensperf_kernels.attention_fwd(q, k, v, 0.25)
     expected = torch.logsumexp(q.double() @ k.double().transpose(-1, -2) * 0.25, dim=-1)
     assert_close(lse, expected, torch.float32, "lse")
 

@@ -1,9 +1,8 @@
 """torch.compile(fullgraph=True) traces through all three ops (custom op + fake + autograd)."""
 
+import lensperf_kernels as kernels
 import pytest
 import torch
-
-import kernels
 
 
 def tiny_mae_step(x_BLD, noise_BL, token_D, w_DD):
@@ -40,6 +39,9 @@ def test_kernels_never_import_lensperf():
     import subprocess
     import sys
 
-    code = "import sys, kernels; print(sorted(m for m in sys.modules if m.startswith('lensperf')))"
+    code = (
+        "import sys, lensperf_kernels; "
+        "print(sorted(m for m in sys.modules if m == 'lensperf' or m.startswith('lensperf.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,11 +1,10 @@
 """GPU-only checks: the compiled (not interpreted) kernels on CUDA, bf16 included. The CPU run
 skips these; benchmarks/gpu_check.sh runs them."""
 
+import lensperf_kernels as kernels
 import pytest
 import torch
-
-import kernels
-from kernels.masking import random_masking_reference, unshuffle_reference
+from lensperf_kernels.masking import random_masking_reference, unshuffle_reference
 
 from .helpers import assert_close
 

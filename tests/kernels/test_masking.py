@@ -1,10 +1,9 @@
 import math
 
+import lensperf_kernels as kernels
 import pytest
 import torch
-
-import kernels
-from kernels.masking import random_masking_reference, unshuffle_reference
+from lensperf_kernels.masking import random_masking_reference, unshuffle_reference
 
 from .helpers import assert_close
 
