@@ -80,17 +80,28 @@ def build_model(task: str, config, overrides=()) -> nn.Module:
 
 
 def load_model(checkpoint) -> nn.Module:
-    """The model of any lensperf checkpoint, in eval mode on the CPU."""
-    return model_from_checkpoint(load_checkpoint(checkpoint))[1].eval()
+    """The model of any lensperf checkpoint (checkpoint.pt, best.pt, ema.pt), in eval mode on
+    the CPU. `model.preprocessing` says how its training images were made from their files;
+    predict, embed and upscale apply it to the images they are given."""
+    state = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(state)[1].eval()
+    model.preprocessing = state.get("preprocessing", {})
+    return model
 
 
-def _images(x) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+def _images(x, model: nn.Module | None = None) -> torch.Tensor:
+    """(B, 1, H, W) float32 on the model's device, preprocessed as the model's training images
+    were (per-image min-max scaling, in float64 as `lensperf predict` does for files)."""
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).double()
     if x.ndim == 2:
         x = x[None, None]
     elif x.ndim == 3:
         x = x[:, None]
-    return x
+    if getattr(model, "preprocessing", {}).get("minmax"):
+        lo = x.amin(dim=(-2, -1), keepdim=True)
+        span = x.amax(dim=(-2, -1), keepdim=True) - lo
+        x = torch.where(span > 0, (x - lo) / span.clamp_min(1e-300), 0.0).clamp(0, 1)
+    return x.float().to(_device(model)) if model is not None else x.float()
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -101,7 +112,7 @@ def _device(model: nn.Module) -> torch.device:
 def embed(model: nn.Module, images) -> torch.Tensor:
     """(B, D) embeddings: a classifier's features before its head, or the mean patch token of
     a model's ViT encoder (or of an encoder itself)."""
-    x = _images(images).to(_device(model))
+    x = _images(images, model)
     if hasattr(model, "embed"):
         return model.embed(x)
     encoder = model.encoder if hasattr(model, "encoder") else model
@@ -114,7 +125,7 @@ def predict(model: nn.Module, images, *, tta: bool = False) -> torch.Tensor:
     of each image."""
     if not isinstance(model, Classifier | ResNet):
         raise TypeError("predict needs a classifier (a finetune_cls checkpoint)")
-    x = _images(images).to(_device(model))
+    x = _images(images, model)
     views = range(8) if tta else range(1)
     return torch.stack([model(symmetric_view(x, v)).float().softmax(1) for v in views]).mean(0)
 
@@ -124,9 +135,9 @@ def upscale(model: SuperResolution, lr_images) -> torch.Tensor:
     """(B, 1, 2h, 2w) super-resolved images in [0, 1]."""
     if not isinstance(model, SuperResolution):
         raise TypeError("upscale needs a super-resolution model (a finetune_sr checkpoint)")
-    return model(_images(lr_images).to(_device(model))).clamp(0, 1)
+    return model(_images(lr_images, model)).clamp(0, 1)
 
 
 def reconstruct(model: MAE, images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MAE loss, predicted patches and mask for `images` (a look at what pretraining learned)."""
-    return model(_images(images).to(_device(model)))
+    return model(_images(images, model))

@@ -76,6 +76,7 @@ def cmd_import(args: argparse.Namespace) -> None:
         args.src,
         args.out,
         kind=args.kind,
+        split=args.split,
         val_fraction=args.val_fraction,
         seed=args.seed,
         skip_bad=args.skip_bad,
@@ -114,7 +115,20 @@ def _train_command(task: str, section: str):
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from lensperf.train.run import evaluate
 
-    print(json.dumps(evaluate(args.checkpoint, args.data, args.out), indent=2))
+    print(json.dumps(evaluate(args.checkpoint, args.data, args.out, split=args.split), indent=2))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from lensperf.predict import predict
+
+    report = predict(
+        args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, tta=args.tta,
+        skip_bad=args.skip_bad, overwrite=args.overwrite,
+    )  # fmt: skip
+    what = "rows" if report.task == "finetune_cls" else "upscaled images"
+    print(f"wrote {report.out}: {report.count} {what}")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} bad file(s), first: {report.skipped[0]}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -204,15 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data_commands.add_parser(
         "import",
-        help="import DeepLense .npy folders into a store",
+        help="import DeepLense folders (.npy or FITS files) into a store",
         description="Import a DeepLense tree: one folder per class (no_sub|nosub|no, "
-        "cdm|sphere, axion|vort) or HR/ and LR/ folders of paired files. Reads plain, "
-        "(1, H, W), flat (with or without an appended label) and [image, mass] object "
-        "arrays. Object arrays need pickle: import only files you trust.",
+        "cdm|sphere, axion|vort) or HR/ and LR/ folders of paired files, optionally inside "
+        "train/, val/ (or validation/) and test/ folders, which keep their split (without val/, "
+        "validation files are carved out of train). Reads .npy files (plain, (1, H, W), flat "
+        "with or without an appended label, [image, mass] object arrays) and FITS (.fits, "
+        ".fit, .fits.gz). Object arrays need pickle: import only files you trust.",
     )
     p.add_argument("src", type=Path, help="the DeepLense folder")
     p.add_argument("--out", required=True, type=Path, help="output store, DIR.zarr")
     p.add_argument("--kind", choices=["classification", "sr"], help="default: detected")
+    p.add_argument(
+        "--split", choices=["train", "val", "test"],
+        help="import the whole tree as this one split (a held-out set to score with "
+        "`lensperf evaluate --split test`); default: train/val as the tree says",
+    )  # fmt: skip
     p.add_argument("--val-fraction", type=float, default=0.1, help="default: 0.1")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="split seed (default: 0)")
     p.add_argument(
@@ -221,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip unreadable or ill-shaped files, and count them",
     )
     p.add_argument(
-        "--normalise", action="store_true", help="min-max normalise each image to [0, 1]"
+        "--normalise",
+        action="store_true",
+        help="min-max normalise each image to [0, 1] (classification and SR trees); models "
+        "trained on the store then do the same to the files they predict on",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     _add_compress_arg(p)
@@ -273,14 +297,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "evaluate",
-        help="metrics and report of a checkpoint on a store's val split",
-        description="Evaluate any lensperf checkpoint on the val split of a store: metrics.json "
-        "and the task's figures in --out (default: beside the checkpoint).",
+        help="metrics and report of a checkpoint on a split of a store",
+        description="Evaluate any lensperf checkpoint (or best.pt) on a split of a store "
+        "(val by default; test for a held-out set): metrics.json and the task's figures in "
+        "--out (default: beside the checkpoint).",
     )
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="a store, DIR.zarr")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="default: val")  # fmt: skip
     p.add_argument("--out", type=Path, help="report folder")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "predict",
+        help="apply a trained model to new images (.npy, FITS, folders, stores)",
+        description="Apply a finetune_cls or finetune_sr checkpoint (or best.pt) to images: "
+        ".npy and FITS files, folders of them (recursively) and stores (STORE.zarr[:split], "
+        "val by default). Each input is preprocessed as the model's training images were "
+        "(per-image min-max scaling, image size). A classifier writes a CSV (path, p_no_sub, "
+        "p_cdm, p_axion, predicted); an SR model a folder of upscaled images, one per input, "
+        "same name and format.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or stores")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="CSV file (classifier) or folder (SR)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="default: 64")
+    p.add_argument("--tta", action="store_true", help="average over the 8 symmetries of each image")
+    p.add_argument(
+        "--skip-bad", action="store_true",
+        help="skip unreadable or ill-sized files and count them (default: stop at the first)",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser(
         "export",

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from lensperf.bench.measure import flops_per_image, train_step_rate
-from lensperf.bench.reference_mae import ReferenceMAE
-from lensperf.bench.run import summarize
+from lensperf.bench.reference import ReferenceMAE
 from lensperf.bench.tables import markdown, plot
+from lensperf.bench.throughput import summarize
 from lensperf.models import MAE, MAEConfig, ViTConfig
 from lensperf.models.mae import patchify
 
@@ -56,71 +56,85 @@ def test_train_step_rate_and_flops():
 
 def fake_results():
     def run(rate):
-        return {
-            "batch": 8,
-            "images_per_s": rate,
-            "windows": [rate],
-            "warmup_s": 0.1,
-            "final_loss": 0.1,
-        }
+        return {"batch": 8, "images_per_s": rate, "windows": [rate], "warmup_s": 0.1,
+                "final_loss": 0.1}  # fmt: skip
 
     def modes(a, b, c):
         return {"eager_fp32": run(a), "compiled_fp32": run(b), "compiled_bf16": run(c)}
 
+    throughput = {
+        "pretrain": modes(100, 150, 250), "pretrain_reference": modes(90, 140, 200),
+        "finetune_cls": modes(50, 60, 80), "finetune_cls_reference": modes(50, 64, 70),
+        "finetune_sr": modes(10, 12, 16), "finetune_sr_reference": modes(10, 11, 15),
+    }  # fmt: skip
+    fractions = {
+        name: {"gflops_per_image": 0.5, "fraction_of_peak": {m: r["images_per_s"] / 1000
+                                                             for m, r in modes_.items()}}
+        for name, modes_ in throughput.items()
+    }  # fmt: skip
     return {
-        "environment": {
-            "device": "cpu",
-            "gpu": None,
-            "cpu": "x",
-            "threads": 2,
-            "python": "3.11",
-            "versions": {"torch": "2"},
-            "git_commit": "abc",
-        },  # fmt: skip
+        "environment": {"device": "cpu", "gpu": None, "cpu": "x", "threads": 2,
+                        "python": "3.11", "versions": {"torch": "2"}, "git_commit": "abc"},
         "quick": True,
         "timing": {},
-        "throughput": {
-            "pretrain": modes(100, 150, 250),
-            "finetune_cls": modes(50, 60, 80),
-            "finetune_sr": modes(10, 12, 16),
-            "reference_mae": {"eager_fp32": run(90)},
-        },  # fmt: skip
-        "flops": {"matmul_peak_tflops": {"fp32": 1.0, "bf16": 2.0}, "tasks": {}},
+        "throughput": throughput,
+        "flops": {"matmul_peak_tflops": {"fp32": 1.0, "bf16": 2.0}, "tasks": fractions},
         "loader_images_per_s": {"memory_0w": 5000.0, "torch_0w": 1000.0},
-    }
+    }  # fmt: skip
 
 
-def test_summary_ratios_and_report(tmp_path):
+def test_summary_ratios_are_against_the_references_best_mode(tmp_path):
     results = fake_results()
     s = summarize(results)
-    assert s["pretrain_speedup_vs_reference_mae"] == pytest.approx(250 / 90)
-    assert s["speedup_vs_eager_fp32"]["finetune_cls"] == pytest.approx(80 / 50)
+    pretrain = s["tasks"]["pretrain"]
+    assert pretrain["vs_reference_best"] == pytest.approx(250 / 200)
+    assert pretrain["best_mode"] == pretrain["reference_best_mode"] == "compiled_bf16"
+    assert pretrain["vs_own_eager_fp32"] == pytest.approx(250 / 100)
+    assert pretrain["fraction_of_peak"] == pytest.approx(0.25)
+    cls = s["tasks"]["finetune_cls"]
+    assert cls["vs_reference_best"] == pytest.approx(80 / 70)  # not vs its 64 compiled fp32
     assert s["loader_vs_pretrain_consumption"] == pytest.approx(5000 / 250)
-    assert s["best_mode"]["pretrain"] == "compiled_bf16"
     results["summary"] = s
     text = markdown(results)
     assert (
-        "**2.78x** (target 2x)" in text and "| pretrain | 8 | compiled_bf16 | 250.0 | 2.50x" in text
+        "**1.25x** (1.5x)" in text and "| pretrain_reference | 8 | compiled_bf16 | 200.0 |" in text
     )
     plot(results, tmp_path / "t.png")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     json.dumps(results)
 
 
-def test_bf16_modes_only_where_bf16_is_native(monkeypatch, tmp_path):
-    import lensperf.bench.run as bench_run
+def test_bf16_modes_only_where_bf16_is_native(monkeypatch):
+    import lensperf.bench.throughput as bench_throughput
 
     cpu = torch.device("cpu")
     for native in (True, False):
-        monkeypatch.setattr(bench_run, "native_bf16", lambda device, native=native: native)
-        names = [mode[0] for mode in bench_run._modes(cpu)]
-        assert ("compiled_bf16" in names) is native and "compiled_fp32" in names
+        monkeypatch.setattr(bench_throughput, "native_bf16", lambda device, native=native: native)
+        for reference in (False, True):
+            names = [m.name for m in bench_throughput.modes(cpu, reference=reference)]
+            assert ("compiled_bf16" in names) is native and "compiled_fp32" in names
     results = fake_results()
     for modes in results["throughput"].values():
         modes.pop("compiled_bf16", None)
+    for entry in results["flops"]["tasks"].values():
+        entry["fraction_of_peak"].pop("compiled_bf16")
     results["flops"]["matmul_peak_tflops"].pop("bf16")
     results["summary"] = summarize(results)
     assert "the bf16 modes were skipped" in markdown(results)
+
+
+def test_reference_classifier_and_sr_train_on_the_tasks_own_losses():
+    """The bench's reference workloads run each task's loss on each reference model."""
+    from lensperf.bench.throughput import workloads
+
+    found = workloads({"pretrain": 2, "finetune_cls": 2, "finetune_sr": 1}, torch.device("cpu"))
+    assert set(found) == {f"{t}{r}" for t in ("pretrain", "finetune_cls", "finetune_sr")
+                          for r in ("", "_reference")}  # fmt: skip
+    for name, (make, loss_fn, _) in found.items():
+        for sdpa in (False, True):
+            loss = loss_fn(make(sdpa))
+            loss.backward()
+            assert torch.isfinite(loss), name
 
 
 @pytest.mark.slow
@@ -128,5 +142,5 @@ def test_bench_quick_end_to_end(tmp_path):
     result = run_cli("bench", "--quick", "--out", tmp_path / "b", timeout=1800)
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert results["summary"]["pretrain_speedup_vs_reference_mae"] > 0
+    assert results["summary"]["tasks"]["pretrain"]["vs_reference_best"] > 0
     assert (tmp_path / "b" / "profile.txt").stat().st_size > 0

@@ -15,11 +15,11 @@ from lensperf.errors import ConfigError
 from lensperf.models import Classifier, ViTConfig, ViTEncoder
 from lensperf.models.resnet import ResNet, ResNetConfig
 from lensperf.models.vit import drop_path
+from lensperf.train.batch_norm import recalibrate_batch_norm
 from lensperf.train.config import FinetuneClsConfig, OptimConfig
 from lensperf.train.optim import WeightAverage, parameter_groups
 from lensperf.train.run import train
 from lensperf.train.tasks import ClassifyTask
-from lensperf.train.trainer import recalibrate_batch_norm
 
 from .conftest import CONFIGS
 from .test_train import TINY_ENCODER, stores  # noqa: F401 (a module-scoped fixture)

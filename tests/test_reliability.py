@@ -344,7 +344,7 @@ def _tree(root: Path, counts: dict, *, image=None) -> Path:
 @pytest.mark.parametrize(
     "counts, extra, fragment",
     [
-        ({"no_sub": 4, "cdm": 0, "axion": 4}, [], "holds no .npy files"),
+        ({"no_sub": 4, "cdm": 0, "axion": 4}, [], "holds no image files"),
         ({"no_sub": 6}, [], "one class only"),
         ({"no_sub": 4, "cdm": 4}, ["--val-fraction", "0"], "no validation"),
         ({"no_sub": 1, "cdm": 1, "axion": 1}, [], "no validation"),

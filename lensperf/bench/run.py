@@ -14,7 +14,6 @@ Writes OUT/results.json, OUT/results.md (tables), OUT/throughput.png and OUT/pro
 
 from __future__ import annotations
 
-import functools
 import json
 import platform
 import subprocess
@@ -25,24 +24,10 @@ from pathlib import Path
 
 import torch
 
-from lensperf.bench.measure import flops_per_image, matmul_peak, train_step_rate
-from lensperf.bench.reference_mae import ReferenceMAE
+from lensperf.bench.throughput import flops, summarize, throughput, workloads
 from lensperf.bench.time_to_target import run_time_to_target
-from lensperf.models import MAEConfig, ViTConfig, ops
 from lensperf.presets import preset
-from lensperf.progress import progress
 from lensperf.runtime import native_bf16
-from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, PretrainConfig
-from lensperf.train.tasks import TASKS
-
-# The bench's reference size: ViT 192-d, 6 blocks, 64x64 images, patch 8, mask 0.75.
-ENCODER = ViTConfig(image_size=64, patch_size=8, dim=192, depth=6, heads=3)
-MAE_CONFIG = MAEConfig(encoder=ENCODER, decoder_dim=128, decoder_depth=2, decoder_heads=4)
-BENCH_CONFIGS = {
-    "pretrain": PretrainConfig(model=MAE_CONFIG),
-    "finetune_cls": FinetuneClsConfig(encoder=ENCODER),
-    "finetune_sr": FinetuneSRConfig(encoder=ENCODER),
-}
 
 
 @dataclass(frozen=True)
@@ -105,74 +90,6 @@ def _environment(device: torch.device) -> dict:
     }
 
 
-def _workloads(settings: Settings) -> dict:
-    """task -> (model factory, loss of a model on a fixed batch, batch size): each task's own
-    model and loss on its own synthetic batch; the reference MAE on pretraining's."""
-    workloads = {}
-    for name, config in BENCH_CONFIGS.items():
-        task, batch_size = TASKS[name](config), settings.batch[name]
-        batch = task.example_batch(batch_size, settings.device)
-        loss = functools.partial(_task_loss, task, batch)
-        workloads[name] = (task.build_model, loss, batch_size)
-    _, pretrain_loss, pretrain_batch = workloads["pretrain"]
-    workloads["reference_mae"] = (lambda: ReferenceMAE(MAE_CONFIG), pretrain_loss, pretrain_batch)
-    return workloads
-
-
-def _task_loss(task, batch: dict, model) -> torch.Tensor:
-    return task.loss(model, batch)
-
-
-def _modes(device: torch.device) -> list[tuple[str, bool, bool, bool]]:
-    """(name, bf16 autocast, compile, Triton kernels). The bf16 modes only where bf16 is native:
-    emulated, they take tens of minutes and measure nothing useful."""
-    modes = [("eager_fp32", False, False, False), ("compiled_fp32", False, True, False)]
-    if native_bf16(device):
-        modes.append(("compiled_bf16", True, True, False))
-    if device.type == "cuda":
-        modes.append(("compiled_bf16_kernels", True, True, True))
-    return modes
-
-
-def throughput(settings: Settings) -> dict:
-    results: dict = {}
-    workloads = _workloads(settings)
-    plan = [
-        (task, mode)
-        for task in ("pretrain", "finetune_cls", "finetune_sr")
-        for mode in _modes(settings.device)
-    ]
-    plan.append(("reference_mae", ("eager_fp32", False, False, False)))
-    with progress(total=len(plan), desc="bench throughput", unit="run") as bar:
-        for task, (mode, amp, compile_, use_kernels) in plan:
-            make, loss_fn, batch = workloads[task]
-            torch.manual_seed(0)
-            torch._dynamo.reset()
-            with ops.kernels_switched("on" if use_kernels else "off"):
-                r = train_step_rate(make(), loss_fn, batch, device=settings.device, amp=amp,
-                                    compile_=compile_, **settings.timing)  # fmt: skip
-            results.setdefault(task, {})[mode] = {"batch": batch, **r}
-            bar.update(1)
-    return results
-
-
-def flops(settings: Settings, rates: dict) -> dict:
-    workloads = _workloads(settings)
-    peaks = {"fp32": matmul_peak(settings.device, torch.float32)}
-    if native_bf16(settings.device):
-        peaks["bf16"] = matmul_peak(settings.device, torch.bfloat16)
-    out = {"matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "tasks": {}}
-    for task in ("pretrain", "finetune_cls", "finetune_sr"):
-        make, loss_fn, batch = workloads[task]
-        per_image = flops_per_image(make().to(settings.device), loss_fn, batch)
-        entry = {"gflops_per_image": per_image / 1e9, "fraction_of_peak": {}}
-        for mode, r in rates[task].items():
-            peak = peaks["bf16" if "bf16" in mode else "fp32"]
-            entry["fraction_of_peak"][mode] = per_image * r["images_per_s"] / peak
-        out["tasks"][task] = entry
-    return out
-
-
 def loader_rate(settings: Settings, workdir: Path) -> dict:
     """Images/s of each loader backend on a freshly simulated Model II store."""
     from lensperf.config import load_config
@@ -202,8 +119,8 @@ def profile_step(settings: Settings, out: Path) -> None:
     """Top operators of one MAE step (bf16 where native): where the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    make, loss_fn, _ = _workloads(settings)["pretrain"]
-    model = make().to(settings.device)
+    make, loss_fn, _ = workloads(settings.batch, settings.device)["pretrain"]
+    model = make(False).to(settings.device)
     activities = [ProfilerActivity.CPU] + (
         [ProfilerActivity.CUDA] if settings.device.type == "cuda" else []
     )
@@ -229,8 +146,8 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     results = {"environment": _environment(device), "quick": quick, "batch": settings.batch,
                "timing": settings.timing}  # fmt: skip
-    results["throughput"] = throughput(settings)
-    results["flops"] = flops(settings, results["throughput"])
+    results["throughput"] = throughput(settings.batch, device, settings.timing)
+    results["flops"] = flops(settings.batch, device, results["throughput"])
     with tempfile.TemporaryDirectory(prefix="lensperf-bench-") as tmp:
         results["loader_images_per_s"] = loader_rate(settings, Path(tmp))
         if with_time_to_target:
@@ -247,22 +164,3 @@ def run_bench(
     if "time_to_target" in results:
         plot_time_to_accuracy(results["time_to_target"], out / "time_to_accuracy.png")
     return results
-
-
-def summarize(results: dict) -> dict:
-    t = results["throughput"]
-    best = {task: max(modes.values(), key=lambda r: r["images_per_s"])["images_per_s"]
-            for task, modes in t.items()}  # fmt: skip
-    reference = t["reference_mae"]["eager_fp32"]["images_per_s"]
-    loader_best = max(results["loader_images_per_s"].values())
-    return {
-        "pretrain_speedup_vs_reference_mae": best["pretrain"] / reference,
-        "speedup_vs_eager_fp32": {
-            task: best[task] / t[task]["eager_fp32"]["images_per_s"]
-            for task in ("pretrain", "finetune_cls", "finetune_sr")
-        },
-        "loader_vs_pretrain_consumption": loader_best / best["pretrain"],
-        "best_mode": {
-            task: max(modes, key=lambda m: modes[m]["images_per_s"]) for task, modes in t.items()
-        },
-    }

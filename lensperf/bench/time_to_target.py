@@ -57,21 +57,23 @@ def routes(recipe: str, extra: tuple[str, ...] = ()) -> list[Route]:
     ]  # fmt: skip
 
 
-def run_route(route: Route, store: Path, workdir: Path, stage_overrides=()) -> dict:
+def run_route(route: Route, store: Path, workdir: Path, overrides: dict | None = None) -> dict:
     """Train the route's stages in order; its curve is the last stage's evaluations, shifted by
-    the training time and images of the stages before it."""
+    the training time and images of the stages before it. `overrides` (task -> list) go to every
+    stage of that task."""
     from lensperf.train.run import train
 
     offset_s, offset_images, checkpoint = 0.0, 0, None
     stages = []
     for stage in route.stages:
         out = workdir / route.name / stage.task
-        overrides = [f"out_dir={out}", f"data.store={store}", *stage.overrides, *stage_overrides]
+        given = [f"out_dir={out}", f"data.store={store}", *stage.overrides,
+                 *(overrides or {}).get(stage.task, [])]  # fmt: skip
         if checkpoint is not None:
-            overrides.append(f"pretrained={checkpoint}")
-        metrics = train(stage.task, preset(stage.task, stage.preset), overrides)
+            given.append(f"pretrained={checkpoint}")
+        metrics = train(stage.task, preset(stage.task, stage.preset), given)
         stages.append({
-            "task": stage.task, "preset": stage.preset, "overrides": overrides,
+            "task": stage.task, "preset": stage.preset, "overrides": given,
             "train_s": metrics["train_seconds"], "images": metrics["images_seen"],
         })  # fmt: skip
         last = stage is route.stages[-1]
@@ -128,25 +130,29 @@ def amortised(result: dict) -> dict:
 
 
 def run_time_to_target(
-    workdir: Path, *, quick: bool, store: Path | None = None, sr_store: Path | None = None
-) -> dict:
+    workdir: Path, *, quick: bool, store: Path | None = None, sr_store: Path | None = None,
+    overrides: dict | None = None, store_size: int | None = None,
+) -> dict:  # fmt: skip
     """Every route on one classification store (simulated into `workdir` if not given), then an
-    SR fine-tune from the MAE route's encoder. `quick` runs the demo recipes on small stores."""
+    SR fine-tune from the MAE route's encoder. `quick` runs the demo recipes on small stores;
+    `overrides` (task -> list) and `store_size` shrink a run further (the GPU check's dry run)."""
     recipe = "demo" if quick else "cpu"
-    store = Path(store) if store else _simulate(workdir / "model_ii.zarr", recipe, sr=False)
+    if not store:
+        store = _simulate(workdir / "model_ii.zarr", recipe, sr=False, size=store_size)
     extra = (f"runtime.eval_every={EVAL_EVERY[recipe]}",)
     results = {"recipe": recipe, "store": str(store), "routes": {}}
     for route in routes(recipe, extra):
-        outcome = run_route(route, store, workdir)
+        outcome = run_route(route, store, workdir, overrides)
         results["routes"][route.name] = outcome
         if len(route.stages) > 1:
             results["routes"][f"{route.name}_finetune"] = amortised(outcome)
-    sr_store = Path(sr_store) if sr_store else _simulate(workdir / "sr.zarr", recipe, sr=True)
-    results["sr"] = _super_resolution(recipe, sr_store, workdir)
+    if not sr_store:
+        sr_store = _simulate(workdir / "sr.zarr", recipe, sr=True, size=store_size)
+    results["sr"] = _super_resolution(recipe, Path(sr_store), workdir, overrides)
     return results
 
 
-def _super_resolution(recipe: str, sr_store: Path, workdir: Path) -> dict:
+def _super_resolution(recipe: str, sr_store: Path, workdir: Path, overrides=None) -> dict:
     """SR fine-tuning from the MAE route's pretrained encoder, against the SR targets."""
     from lensperf.train.run import train
 
@@ -154,19 +160,21 @@ def _super_resolution(recipe: str, sr_store: Path, workdir: Path) -> dict:
     pretrained = workdir / "mae" / "pretrain" / "checkpoint.pt"
     metrics = train("finetune_sr", preset("finetune_sr", recipe), [
         f"out_dir={out}", f"data.store={sr_store}", f"pretrained={pretrained}",
+        *(overrides or {}).get("finetune_sr", []),
     ])  # fmt: skip
     keys = ("psnr", "ssim", "mse", "bicubic_psnr", "bicubic_ssim", "psnr_gain_db", "train_seconds")
     return {"store": str(sr_store), **{k: metrics[k] for k in keys}, "targets": SR_TARGETS}
 
 
-def _simulate(out: Path, recipe: str, *, sr: bool) -> Path:
+def _simulate(out: Path, recipe: str, *, sr: bool, size: int | None = None) -> Path:
     from lensperf.config import load_config
     from lensperf.simulate.config import SimulationConfig, SRSimulationConfig
     from lensperf.simulate.runner import default_workers, simulate_classification, simulate_sr
 
     if sr:
-        config = load_config(SRSimulationConfig, preset("data", "sr"), [f"n={SR_PAIRS[recipe]}"])
+        n = size or SR_PAIRS[recipe]
+        config = load_config(SRSimulationConfig, preset("data", "sr"), [f"n={n}"])
         return simulate_sr(config, out, workers=default_workers(), overwrite=True)
-    n = STORE_SIZE[recipe]
+    n = size or STORE_SIZE[recipe]
     config = load_config(SimulationConfig, preset("data", "model_ii"), [f"n_per_class={n}"])
     return simulate_classification(config, out, workers=default_workers(), overwrite=True)

@@ -28,7 +28,7 @@ class StoreReader:
     def __init__(self, path: str | Path, split: str, kind: str | None = None):
         self.path = Path(path)
         self.split = split
-        group = open_store(self.path, kind)  # fail early, in the main process
+        group = open_store(self.path, kind, splits=(split,))  # fail early, in this process
         self.kind = group.attrs["kind"]
         self.layout = LAYOUTS[self.kind]
         self.names = self.layout.arrays

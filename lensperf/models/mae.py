@@ -59,6 +59,10 @@ class MAE(nn.Module):
         self.decoder_norm = nn.LayerNorm(config.decoder_dim)
         self.decoder_pred = nn.Linear(config.decoder_dim, enc.patch_size**2 * enc.in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
+        grid = enc.image_size // enc.patch_size  # the decoder's positions, built once
+        self.register_buffer(
+            "decoder_pos_LE", sincos_positions(grid, grid, config.decoder_dim), persistent=False
+        )
         for module in (
             self.decoder_embed,
             self.decoder_blocks,
@@ -85,7 +89,10 @@ class MAE(nn.Module):
         x = self.decoder_embed(latent_B1KD)
         cls_B1E, visible_BKE = x[:, :1], x[:, 1:]
         full_BLE = ops.unshuffle(visible_BKE, self.mask_token.to(x.dtype), ids_restore_BL)
-        full_BLE = full_BLE + sincos_positions(*grid, self.config.decoder_dim).to(full_BLE)
+        positions_LE = self.decoder_pos_LE
+        if full_BLE.shape[1] != positions_LE.shape[0]:  # images of another size than configured
+            positions_LE = sincos_positions(*grid, self.config.decoder_dim).to(full_BLE)
+        full_BLE = full_BLE + positions_LE.to(full_BLE.dtype)
         x = torch.cat([cls_B1E, full_BLE], dim=1)
         for block in self.decoder_blocks:
             x = block(x)

@@ -154,6 +154,17 @@ class ViTEncoder(nn.Module):
         self.norm = nn.LayerNorm(c.dim)
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
+        # The positions of the configured grid, built once (not per step) and kept out of the
+        # state dict (they are not learned); another grid (SR's padded LR images) builds its own.
+        grid = c.image_size // c.patch_size
+        self.register_buffer("pos_LD", sincos_positions(grid, grid, c.dim), persistent=False)
+
+    def positions(self, grid: tuple[int, int]) -> Tensor:
+        """(L, D) sin-cos positions of a (rows, cols) patch grid."""
+        side = self.config.image_size // self.config.patch_size
+        if grid == (side, side):
+            return self.pos_LD
+        return sincos_positions(*grid, self.config.dim).to(self.pos_LD)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters AdamW must not decay, besides biases and norms."""
@@ -199,10 +210,9 @@ class ViTEncoder(nn.Module):
             hidden_B1hw = hidden_BL.view(-1, 1, H // p, W // p).to(x.dtype)
             visible_B1HW = 1 - hidden_B1hw.repeat_interleave(p, -2).repeat_interleave(p, -1)
             tokens_BDhw = self.patch_embed(x * visible_B1HW, visible_B1HW)
-        grid = tokens_BDhw.shape[-2:]
+        grid = (int(tokens_BDhw.shape[-2]), int(tokens_BDhw.shape[-1]))
         tokens_BLD = tokens_BDhw.flatten(2).transpose(1, 2)
-        pos_LD = sincos_positions(*grid, self.config.dim).to(tokens_BLD)
-        return tokens_BLD + pos_LD, (int(grid[0]), int(grid[1]))
+        return tokens_BLD + self.positions(grid).to(tokens_BLD.dtype), grid
 
     def forward_tokens(self, tokens_BLD: Tensor) -> Tensor:
         """Blocks over [CLS] + tokens; returns (B, 1 + L, D) after the final norm."""

@@ -142,6 +142,7 @@ def simulate_classification(
             image_size=size,
             source=f"simulated: {config.name}",
             config=to_dict(config),
+            preprocessing={"minmax": True},  # the renderer min-max scales every image
             seed=config.seed,
         )
         arrays, jobs = {}, []
@@ -179,6 +180,7 @@ def simulate_sr(
             factor=config.factor,
             source=f"simulated: {config.name}",
             config=to_dict(config),
+            preprocessing={"minmax": True},
             seed=config.seed,
         )
         arrays, jobs = {}, []

@@ -9,8 +9,10 @@ from lensperf.store.io import (
     StoreWriter,
     check_output_path,
     open_store,
+    preprocessing,
     read_rows,
     split_length,
+    store_splits,
 )
 from lensperf.store.layout import (
     CLASSES,
@@ -19,6 +21,7 @@ from lensperf.store.layout import (
     LAYOUTS,
     SPLITS,
     SR,
+    TRAINING_SPLITS,
     Layout,
     chunk_length,
 )
@@ -26,4 +29,5 @@ from lensperf.store.layout import (
 __all__ = [
     "CLASSES", "CLASSIFICATION", "FORMAT_VERSION", "LAYOUTS", "SPLITS", "SR", "Layout",
     "StoreWriter", "check_output_path", "chunk_length", "open_store", "read_rows", "split_length",
+    "store_splits", "TRAINING_SPLITS", "preprocessing",
 ]  # fmt: skip

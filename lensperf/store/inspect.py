@@ -10,10 +10,10 @@ import zarr
 from lensperf.store import (
     CLASSIFICATION,
     LAYOUTS,
-    SPLITS,
     open_store,
     read_rows,
     split_length,
+    store_splits,
 )
 
 STATS_SAMPLE = 4096  # images per split for pixel statistics: enough for 3 digits, fast on 89k
@@ -31,7 +31,7 @@ def summarize(path: str | Path) -> dict:
         "storage": _storage(Path(path), group, attrs["kind"]),
         "splits": {},
     }
-    for split in SPLITS:
+    for split in store_splits(group):
         n = split_length(group, split)
         entry: dict = {"count": n}
         if attrs["kind"] == CLASSIFICATION:
@@ -53,7 +53,8 @@ def summarize(path: str | Path) -> dict:
 
 def _storage(path: Path, group: zarr.Group, kind: str) -> dict:
     """Bytes on disk against the arrays' raw bytes, and the image arrays' codecs."""
-    arrays = [group[f"{split}/{name}"] for split in SPLITS for name in LAYOUTS[kind].arrays]
+    splits = store_splits(group)
+    arrays = [group[f"{split}/{name}"] for split in splits for name in LAYOUTS[kind].arrays]
     return {
         "bytes_on_disk": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
         "raw_bytes": sum(a.nbytes for a in arrays),
@@ -114,15 +115,16 @@ def sample_grid_png(path: str | Path, png: str | Path, per_row: int = 6) -> Path
     group = open_store(path)
     attrs = group.attrs.asdict()
     rows: list[tuple[str, np.ndarray]] = []
+    split = store_splits(group)[0]  # train, or the one split of a store imported whole
     if attrs["kind"] == CLASSIFICATION:
-        labels = read_rows(group["train/labels"], slice(None))
+        labels = read_rows(group[f"{split}/labels"], slice(None))
         for i, name in enumerate(attrs["classes"]):
             idx = np.flatnonzero(labels == i)[:per_row]
-            rows.append((name, read_rows(group["train/images"], idx)[:, 0]))
+            rows.append((name, read_rows(group[f"{split}/images"], idx)[:, 0]))
     else:
-        n = min(per_row, split_length(group, "train"))
-        rows.append(("LR", read_rows(group["train/lr"], slice(0, n))[:, 0]))
-        rows.append(("HR", read_rows(group["train/hr"], slice(0, n))[:, 0]))
+        n = min(per_row, split_length(group, split))
+        rows.append(("LR", read_rows(group[f"{split}/lr"], slice(0, n))[:, 0]))
+        rows.append(("HR", read_rows(group[f"{split}/hr"], slice(0, n))[:, 0]))
     fig, axes = axes_grid(len(rows), per_row, figsize=(1.6 * per_row, 1.7 * len(rows)))
     for (name, images), row in zip(rows, axes):
         for j, ax in enumerate(row):

@@ -23,7 +23,13 @@ from zarr.storage import LocalStore
 
 from lensperf.atomic import remove_stale_temporaries, replace_folder, temporary_sibling
 from lensperf.errors import DataError
-from lensperf.store.layout import ALL_CHUNKS_WRITTEN, FORMAT_VERSION, LAYOUTS, SPLITS
+from lensperf.store.layout import (
+    ALL_CHUNKS_WRITTEN,
+    CLASSIFICATION,
+    FORMAT_VERSION,
+    LAYOUTS,
+    SPLITS,
+)
 
 
 def _codecs(compress: bool) -> list:
@@ -96,6 +102,8 @@ class StoreWriter:
         return array
 
     def _commit(self) -> None:
+        written = {array.path.split("/")[0] for array in self._arrays}
+        self.group.attrs["splits"] = [split for split in SPLITS if split in written]
         _wait_for_zarr_writes()
         for array in self._arrays:  # a writer that skipped rows must not leave a store behind
             if missing_chunks(array):
@@ -129,8 +137,16 @@ def check_output_path(out: Path, overwrite: bool) -> None:
         raise DataError(f"{out} exists and is not a zarr store; refusing to replace it")
 
 
-def open_store(path: str | Path, kind: str | None = None) -> zarr.Group:
-    """Open a store for reading, checking that it is a complete lensperf store of `kind`."""
+def store_splits(group: zarr.Group) -> list[str]:
+    """The splits a store holds (stores from before the `splits` attribute hold train, val)."""
+    return list(group.attrs.get("splits") or [s for s in SPLITS if s in group])
+
+
+def open_store(
+    path: str | Path, kind: str | None = None, *, splits: tuple[str, ...] = ()
+) -> zarr.Group:
+    """Open a store for reading, checking that it is a complete lensperf store of `kind` that
+    holds `splits`."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"no dataset store at {path}")
@@ -147,7 +163,11 @@ def open_store(path: str | Path, kind: str | None = None) -> zarr.Group:
     if kind is not None and store_kind != kind:
         raise DataError(f"{path} is a {store_kind} store; this needs a {kind} store")
     layout = LAYOUTS[store_kind]
-    for split in SPLITS:
+    present = store_splits(group)
+    for split in splits:
+        if split not in present:
+            raise DataError(f"{path} has no {split} split (it holds {', '.join(present)})")
+    for split in present:
         for name in layout.arrays:
             if f"{split}/{name}" not in group:
                 raise DataError(f"{path} is incomplete: {split}/{name} is missing")
@@ -174,6 +194,19 @@ def missing_chunks(array: zarr.Array) -> list[Path]:
     n_chunks = -(-array.shape[0] // array.chunks[0])
     keys = (directory / encode((c, *zeros)) for c in range(n_chunks))
     return [key for key in keys if not key.is_file()]
+
+
+def preprocessing(group: zarr.Group) -> dict:
+    """How the store's images were made from their source files, for a model to do the same to
+    new files: `minmax` (each image scaled by its own min and max, as the simulator and
+    `import --normalise` do) and the image size a model is trained on."""
+    attrs = group.attrs.asdict()
+    steps = attrs.get("preprocessing")
+    if steps is None:  # stores from before this attribute
+        simulated = str(attrs.get("source", "")).startswith("simulated")
+        steps = {"minmax": simulated or bool(attrs.get("config", {}).get("normalise"))}
+    size = attrs.get("image_size") if attrs["kind"] == CLASSIFICATION else attrs.get("lr_size")
+    return {**steps, "image_size": size}
 
 
 def split_length(group: zarr.Group, split: str) -> int:

@@ -18,7 +18,10 @@ FORMAT_VERSION = 1
 ALL_CHUNKS_WRITTEN = "all_chunks_written"
 CLASSIFICATION = "classification"
 SR = "sr"
-SPLITS = ("train", "val")
+# The splits a store may hold: training needs train and val; a held-out test split is optional,
+# and a store imported whole for scoring may hold only it.
+SPLITS = ("train", "val", "test")
+TRAINING_SPLITS = ("train", "val")
 # The classes of a classification store, in label order (label i is CLASSES[i]).
 CLASSES = ("no_sub", "cdm", "axion")
 # About 1 MiB of raw data per chunk: small enough that a random batch reads little it does not

@@ -63,12 +63,18 @@ class RuntimeConfig:
     log_every: int = 10
     eval_every: float = 1.0  # epochs between evaluations (fractions allowed), and at the end
     threads: int = 0  # torch intra-op threads; 0: torch's default
+    # best.pt keeps the model of the best evaluation by this validation metric; empty: the
+    # task's own (val_loss for pretraining, accuracy for classification, ssim for SR).
+    select_metric: str = ""
+    early_stop_patience: int = 0  # stop after this many evaluations without improvement; 0: off
+    tensorboard: Literal["auto", "on", "off"] = "auto"  # auto: when tensorboard is installed
 
     def __post_init__(self):
         require(self.checkpoint_every >= 0, "checkpoint_every", "must be non-negative")
         require(self.log_every >= 1, "log_every", "must be at least 1")
         require(self.eval_every > 0, "eval_every", "must be positive")
         require(self.threads >= 0, "threads", "must be non-negative")
+        require(self.early_stop_patience >= 0, "early_stop_patience", "must be non-negative")
 
 
 def _check_schedule(config) -> None:

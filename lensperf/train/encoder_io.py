@@ -14,7 +14,7 @@ from lensperf.errors import DataError
 from lensperf.models.vit import ViTConfig, ViTEncoder
 from lensperf.train.checkpoint import load_checkpoint
 
-WEIGHTS, CONFIG = "encoder.safetensors", "encoder.yaml"
+WEIGHTS, CONFIG, PREPROCESSING = "encoder.safetensors", "encoder.yaml", "preprocessing.yaml"
 
 
 def encoder_from_checkpoint(state: dict) -> ViTEncoder:
@@ -47,7 +47,8 @@ def load_encoder(path: str | Path) -> ViTEncoder:
 
 
 def export_encoder(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the checkpoint's encoder to the folder `out` (encoder.safetensors + encoder.yaml),
+    """Write the checkpoint's encoder to the folder `out` (encoder.safetensors, encoder.yaml and
+    preprocessing.yaml),
     whole or not at all. An existing file at `out`, or a folder with anything in it, is refused
     unless `overwrite` (a folder then is replaced)."""
     out = Path(out)
@@ -55,9 +56,13 @@ def export_encoder(checkpoint: str | Path, out: str | Path, *, overwrite: bool =
         raise DataError(f"{out} is a file; export writes a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out} is not empty (pass --overwrite to replace it)")
-    encoder = encoder_from_checkpoint(load_checkpoint(checkpoint))
+    state = load_checkpoint(checkpoint)
+    encoder = encoder_from_checkpoint(state)
     weights = {k: v.contiguous() for k, v in encoder.state_dict().items()}
     with atomic_folder(out) as folder:
         save_file(weights, str(folder / WEIGHTS))
         (folder / CONFIG).write_text(yaml.safe_dump(to_dict(encoder.config), sort_keys=False))
+        # how the training images were made from files (the input standardisation itself is in
+        # encoder.yaml): for whoever applies the encoder to new files
+        (folder / PREPROCESSING).write_text(yaml.safe_dump(state.get("preprocessing", {})))
     return out

@@ -40,20 +40,24 @@ def train_config(
     return Trainer(config, task, resume=resume, overwrite=overwrite, stop_after=stop_after).run()
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path | None = None) -> dict:
-    """Metrics and report of a checkpoint on the val split of the store `data`."""
+def evaluate(
+    checkpoint: str | Path, data: str | Path, out: str | Path | None = None, *, split: str = "val"
+) -> dict:
+    """Metrics and report of a checkpoint on a split of the store `data`."""
     state = load_checkpoint(checkpoint)
     task, model = model_from_checkpoint(state)
     device = resolve_device("auto")
     model = model.to(device).eval()
-    loader = make_loader(data, "val", batch_size=128, backend="memory", shuffle=False,
+    loader = make_loader(data, split, batch_size=128, backend="memory", shuffle=False,
                          device=device, kind=task.store_kind)  # fmt: skip
     if len(loader) == 0:
-        raise DataError(f"{data} has no validation samples")
-    out = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(data).stem}"
+        raise DataError(f"{data} has no {split} samples")
+    suffix = "" if split == "val" else f"-{split}"
+    out = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(data).stem}{suffix}"
     with atomic_folder(out) as report, torch.no_grad():
         metrics = task.evaluate(model, loader)
         task.report(model, loader, {"train": [], "eval": []}, report)
-        metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data), **metrics}
+        metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data),
+                   "split": split, **metrics}  # fmt: skip
         (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -33,6 +33,7 @@ class Task:
     config_type: ClassVar[type]
     store_kind: ClassVar[str]
     fixed_sections: ClassVar[tuple[str, ...]]
+    selection_metric: ClassVar[str]  # the validation metric best.pt is chosen by, by default
 
     def __init__(self, config):
         self.config = config
@@ -75,6 +76,7 @@ class PretrainTask(Task):
     name = "pretrain"
     config_type = PretrainConfig
     store_kind = CLASSIFICATION
+    selection_metric = "val_loss"  # best.pt by default
     fixed_sections = ("model", "data")
 
     def build_model(self, encoder: ViTConfig | None = None) -> MAE:
@@ -125,6 +127,7 @@ class ClassifyTask(_FinetuneTask):
     name = "finetune_cls"
     config_type = FinetuneClsConfig
     store_kind = CLASSIFICATION
+    selection_metric = "accuracy"  # best.pt by default
     fixed_sections = ("arch", "encoder", "resnet", "pretrained", "linear_probe", "data")
 
     def build_model(self, encoder: ViTConfig | None = None) -> Classifier | ResNet:
@@ -182,6 +185,7 @@ class SuperResolutionTask(_FinetuneTask):
     name = "finetune_sr"
     config_type = FinetuneSRConfig
     store_kind = SR
+    selection_metric = "ssim"  # best.pt by default
     fixed_sections = ("encoder", "pretrained", "features", "data")
     FACTOR = 2
     EXAMPLE_LR_SIZE = 75  # DeepLense's SR set: 75x75 -> 150x150

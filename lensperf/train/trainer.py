@@ -3,8 +3,9 @@ torch.compile, DDP under torchrun, atomic checkpoints with exact resume, and a g
 before an optimizer step on a non-finite loss or gradient.
 
 A task (lensperf.train.tasks) supplies the model, the loss of a batch, evaluation and report.
-Run directory: config.yaml, log.jsonl (one line per logged step and per evaluation),
-checkpoint.pt, metrics.json and report/.
+Run directory: config.yaml, log.jsonl (one line per logged step and per evaluation) and
+tensorboard/ (logs.py), checkpoint.pt (to resume), best.pt (the best evaluation's model, by
+`runtime.select_metric`), ema.pt (the weight average, when one is kept), metrics.json, report/.
 
 Evaluations run every `runtime.eval_every` epochs (fractions allowed) and at the end. Each
 records the training clock `train_s`: wall time since the first step, less the time spent
@@ -31,52 +32,24 @@ from lensperf.errors import LensperfError
 from lensperf.models import ops
 from lensperf.progress import progress
 from lensperf.runtime import autocast_dtype, resolve_device
+from lensperf.store import open_store, preprocessing
+from lensperf.train.batch_norm import (
+    RECALIBRATION_BATCHES,
+    has_batch_norm,
+    recalibrate_batch_norm,
+)
 from lensperf.train.checkpoint import load_checkpoint, save_checkpoint
+from lensperf.train.logs import RunLog, truncate_log
 from lensperf.train.optim import WeightAverage, build_optimizer, lr_at, set_lr
 from lensperf.train.run_dir import RunDirectory
+from lensperf.train.selection import Selection
 
 
 class TrainingError(LensperfError):
     pass
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the log's records up to `step` (a resumed run repeats the steps after its last
-    checkpoint; their first records must go), replacing the file atomically."""
-    if not path.exists():
-        return
-
-    def step_of(line: str) -> int:
-        record = json.loads(line)
-        return record.get("eval", record)["step"]
-
-    kept = [line for line in path.read_text().splitlines() if line and step_of(line) <= step]
-    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
-
-
 POSITION_KEYS = ("step", "epoch", "images", "train_s", "eval_s", "elapsed_s")
-
-
-@torch.no_grad()
-def recalibrate_batch_norm(model: nn.Module, batches, task) -> None:
-    """Batch-norm running statistics recomputed with the current weights over recent training
-    batches ("precise BN"): the running averages lag weights that move fast. A model without
-    batch norm is left alone."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or not batches:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches below
-    model.train()
-    for batch in batches:
-        task.loss(model, batch)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-
-
-RECALIBRATION_BATCHES = 8  # recent training batches that refresh batch-norm statistics
 MAX_SKIPPED_STEPS = 20  # fp16: overflowed updates in a row before training stops
 
 
@@ -130,9 +103,11 @@ class Trainer:
             raise TrainingError(f"{data.store}: no training batch (fewer samples than ranks?)")
         if len(self.val_loader) == 0:
             raise TrainingError(f"{data.store}: the val split is empty; evaluation needs samples")
+        # How the store's images were made, saved with every checkpoint for `lensperf predict`.
+        self.preprocessing = preprocessing(open_store(data.store))
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer(model, self.config.optim, self.device)
+        return build_optimizer(model, self.config.optim)
 
     # ------------------------------------------------------------ checkpoints
     @property
@@ -153,6 +128,8 @@ class Trainer:
             "images_seen": self.images_seen,
             "train_seconds": self._train_seconds(),
             "history": self.history,
+            "preprocessing": self.preprocessing,
+            "selection": self.selection.state_dict(),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
@@ -179,10 +156,12 @@ class Trainer:
         self.train_loader.load_state_dict(state["loader"])
         self.step = int(state["step"])
         if self.rank == 0:
-            _truncate_log(self.run_dir / "log.jsonl", self.step)
+            truncate_log(self.run_dir / "log.jsonl", self.step)
         self.images_seen = int(state.get("images_seen", 0))
         self._seconds_before = float(state.get("train_seconds", 0.0))
         self.history = state["history"]
+        if "selection" in state:
+            self.selection.load_state_dict(state["selection"])
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
         if self.scaler is not None and "scaler" in state:
@@ -212,15 +191,22 @@ class Trainer:
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self._skipped = 0  # consecutive updates the scaler skipped
+        rt = c.runtime
+        self.selection = Selection(rt.select_metric or self.task.selection_metric,
+                                   rt.early_stop_patience)  # fmt: skip
+        self._stop_early = False
         self.step, self.images_seen, self.history = 0, 0, {"train": [], "eval": []}
         self._seconds_before, self._eval_seconds = 0.0, 0.0
         # Recent batches, kept only for a model with batch norm to recalibrate before evaluating.
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        has_bn = has_batch_norm(self.model)
         self._recent: deque = deque(maxlen=RECALIBRATION_BATCHES if has_bn else 0)
         if self.resume:
             self._restore()
         elif self.rank == 0:
             (self.run_dir / "log.jsonl").write_text("")
+        self.log = (
+            RunLog(self.run_dir, c.runtime.tensorboard, self.step) if self.rank == 0 else None
+        )
         if self.rank == 0:
             save_config(c, self.run_dir / "config.yaml")
 
@@ -236,7 +222,7 @@ class Trainer:
         warmup = int(c.optim.warmup_epochs * steps_per_epoch)
         self._eval_steps = max(1, round(c.runtime.eval_every * steps_per_epoch))
         start = self._t0 = time.perf_counter()
-        while self.step < total:
+        while self.step < total and not self._stop_early:
             epoch = self.step // steps_per_epoch
             stopped = self._train_epoch(step_model, epoch, total, warmup)
             if stopped:
@@ -326,8 +312,7 @@ class Trainer:
             "images_per_s": images * self.world / (time.perf_counter() - started),
         }
         self.history["train"].append(record)
-        with (self.run_dir / "log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.log.train(record)
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4g}", img_s=f"{record['images_per_s']:.0f}")
         self._window = (time.perf_counter(), 0)
@@ -361,27 +346,39 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self) -> None:
+        """Evaluate (rank 0), log, keep best.pt and decide on early stopping; every rank then
+        learns that decision. The time this takes is left off the training clock."""
         started, train_s = time.perf_counter(), self._train_seconds()
-        if self.rank != 0:
-            if self.world > 1:
-                dist.barrier()
-            self._eval_seconds += time.perf_counter() - started
-            return
+        if self.rank == 0:
+            model = self.eval_model
+            with self._autocast():
+                recalibrate_batch_norm(model, self._recent, self.task)
+                model.eval()
+                metrics = self.task.evaluate(model, self.val_loader)
+            self.model.train()
+            eval_s = time.perf_counter() - started
+            record = {**self._position(), "train_s": train_s, "eval_s": eval_s,
+                      "elapsed_s": time.perf_counter() - self._t0, **metrics}  # fmt: skip
+            self.history["eval"].append(record)
+            self.log.eval(record)
+            if self.selection.update(metrics, self.step):
+                self._save_model("best.pt", record)
+            self._stop_early = self.selection.should_stop
+        if self.world > 1:  # also the barrier: the other ranks wait for rank 0 here
+            decision = [self._stop_early]
+            dist.broadcast_object_list(decision, src=0)
+            self._stop_early = decision[0]
+        self._eval_seconds += time.perf_counter() - started
+
+    def _save_model(self, name: str, record: dict) -> None:
+        """A standalone checkpoint of the evaluated model (no optimizer): loadable by evaluate,
+        predict and the API like any checkpoint."""
         model = self.eval_model
-        with self._autocast():
-            recalibrate_batch_norm(model, self._recent, self.task)
-            model.eval()
-            metrics = self.task.evaluate(model, self.val_loader)
-        self.model.train()
-        finished = time.perf_counter()
-        self._eval_seconds += finished - started
-        record = {**self._position(), "train_s": train_s, "eval_s": finished - started,
-                  "elapsed_s": finished - self._t0, **metrics}  # fmt: skip
-        self.history["eval"].append(record)
-        with (self.run_dir / "log.jsonl").open("a") as f:
-            f.write(json.dumps({"eval": record}) + "\n")
-        if self.world > 1:
-            dist.barrier()
+        save_checkpoint({
+            "task": self.task.name, "config": to_dict(self.config), "model": model.state_dict(),
+            **self.task.checkpoint_extras(model), "preprocessing": self.preprocessing,
+            "step": self.step, "metrics": record,
+        }, self.run_dir / name)  # fmt: skip
 
     def _finish(self, seconds: float) -> dict:
         if self.rank != 0:
@@ -399,10 +396,17 @@ class Trainer:
             "images_seen": self.images_seen,
             "median_images_per_s": float(sorted(rates)[len(rates) // 2]) if rates else None,
             **{k: v for k, v in final.items() if k not in POSITION_KEYS},
-        }
+            "best": {"metric": self.selection.metric, "value": self.selection.best,
+                     "step": self.selection.best_step, "checkpoint": "best.pt"},
+            **({"stopped_early_at_step": self.step} if self._stop_early else {}),
+        }  # fmt: skip
+        if self.ema is not None:
+            self._save_model("ema.pt", final)
         model = self.eval_model.eval()
         with atomic_folder(self.run_dir / "report") as report_dir, self._autocast():
             metrics.update(self.task.report(model, self.val_loader, self.history, report_dir))
             (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_text_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        self.log.figures(self.run_dir / "report", self.step)
+        self.log.close()
         return metrics

@@ -1,20 +1,24 @@
-"""A plain MAE written the way the public MAE code does it: eager, float32, argsort + gather
-masking, attention as explicit matmuls and softmax, learned-free sin-cos positions. The same
-sizes as lensperf's MAE, so `lensperf bench` can report a like-for-like speedup."""
+"""Plain models written the way public code writes them, for `lensperf bench` to compare with:
+attention as explicit matmuls and softmax (or, asked for, `scaled_dot_product_attention`, as a
+user on a GPU would), MAE masking by argsort + gather, sin-cos positions. The same sizes and
+interfaces as lensperf's models, so each task's own loss trains either, and the bench can put
+both through the same switches (torch.compile, bf16 autocast) and report the ratio to the
+reference's best mode."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lensperf.models.mae import MAEConfig, patchify
-from lensperf.models.vit import sincos_positions
+from lensperf.models.vit import ViTConfig, sincos_positions
 
 
 class PlainAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, sdpa: bool = False):
         super().__init__()
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.heads, self.scale, self.sdpa = heads, (dim // heads) ** -0.5, sdpa
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
@@ -22,16 +26,19 @@ class PlainAttention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        x = attn.softmax(dim=-1) @ v
+        if self.sdpa:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * self.scale
+            x = attn.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
 class PlainBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, sdpa: bool = False):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = PlainAttention(dim, heads)
+        self.attn = PlainAttention(dim, heads, sdpa)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
@@ -40,19 +47,60 @@ class PlainBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class ReferenceViT(nn.Module):
+    """A ViT encoder with lensperf's encoder interface (patchify, forward_tokens), so the SR
+    head can sit on it too."""
+
+    def __init__(self, config: ViTConfig, sdpa: bool = False):
+        super().__init__()
+        self.config = e = config
+        self.patch_embed = nn.Conv2d(e.in_chans, e.dim, e.patch_size, e.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, e.dim))
+        self.blocks = nn.ModuleList(
+            PlainBlock(e.dim, e.heads, e.mlp_ratio, sdpa) for _ in range(e.depth)
+        )
+        self.norm = nn.LayerNorm(e.dim)
+
+    def patchify(self, imgs: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.patch_embed(imgs)
+        grid = (int(x.shape[-2]), int(x.shape[-1]))
+        return x.flatten(2).transpose(1, 2) + sincos_positions(*grid, self.config.dim).to(x), grid
+
+    def forward_tokens(self, x: Tensor) -> Tensor:
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        return self.forward_tokens(self.patchify(imgs)[0])
+
+
+class ReferenceClassifier(nn.Module):
+    def __init__(self, config: ViTConfig, num_classes: int = 3, sdpa: bool = False):
+        super().__init__()
+        self.encoder = ReferenceViT(config, sdpa)
+        self.head = nn.Sequential(nn.LayerNorm(config.dim), nn.Linear(config.dim, num_classes))
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        return self.head(self.encoder(imgs)[:, 1:].mean(dim=1))
+
+
 class ReferenceMAE(nn.Module):
-    def __init__(self, config: MAEConfig):
+    def __init__(self, config: MAEConfig, sdpa: bool = False):
         super().__init__()
         self.config = c = config
         e = c.encoder
         self.patch_embed = nn.Conv2d(e.in_chans, e.dim, e.patch_size, e.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, e.dim))
-        self.blocks = nn.ModuleList(PlainBlock(e.dim, e.heads, e.mlp_ratio) for _ in range(e.depth))
+        self.blocks = nn.ModuleList(
+            PlainBlock(e.dim, e.heads, e.mlp_ratio, sdpa) for _ in range(e.depth)
+        )
         self.norm = nn.LayerNorm(e.dim)
         self.decoder_embed = nn.Linear(e.dim, c.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_dim))
         self.decoder_blocks = nn.ModuleList(
-            PlainBlock(c.decoder_dim, c.decoder_heads) for _ in range(c.decoder_depth)
+            PlainBlock(c.decoder_dim, c.decoder_heads, sdpa=sdpa) for _ in range(c.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_dim)
         self.decoder_pred = nn.Linear(c.decoder_dim, e.patch_size**2 * e.in_chans)

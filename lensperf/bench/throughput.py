@@ -1,0 +1,145 @@
+"""Training throughput of each task, lensperf's model against a plain reference model of the
+same size (reference.py), both through every switch a user has: eager fp32, compiled fp32,
+compiled + bf16 (where bf16 is native), and on CUDA compiled + bf16 with lensperf's Triton
+kernels or, for the reference, with `scaled_dot_product_attention`. The summary compares
+lensperf's best mode with the reference's *best* mode, beside the fraction of the measured
+matmul peak each reaches in model FLOPs."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lensperf.bench.measure import flops_per_image, matmul_peak, train_step_rate
+from lensperf.bench.reference import ReferenceClassifier, ReferenceMAE, ReferenceViT
+from lensperf.models import MAEConfig, SuperResolution, ViTConfig, ops
+from lensperf.progress import progress
+from lensperf.runtime import native_bf16
+from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, PretrainConfig
+from lensperf.train.tasks import TASKS
+
+# The bench's reference size: ViT 192-d, 6 blocks, 64x64 images, patch 8, mask 0.75.
+ENCODER = ViTConfig(image_size=64, patch_size=8, dim=192, depth=6, heads=3)
+MAE_CONFIG = MAEConfig(encoder=ENCODER, decoder_dim=128, decoder_depth=2, decoder_heads=4)
+BENCH_CONFIGS = {
+    "pretrain": PretrainConfig(model=MAE_CONFIG),
+    "finetune_cls": FinetuneClsConfig(encoder=ENCODER),
+    "finetune_sr": FinetuneSRConfig(encoder=ENCODER),
+}
+REFERENCES: dict[str, Callable[[bool], torch.nn.Module]] = {
+    "pretrain": lambda sdpa: ReferenceMAE(MAE_CONFIG, sdpa=sdpa),
+    "finetune_cls": lambda sdpa: ReferenceClassifier(ENCODER, sdpa=sdpa),
+    "finetune_sr": lambda sdpa: SuperResolution(ReferenceViT(ENCODER, sdpa=sdpa)),
+}
+REFERENCE = "_reference"  # suffix of a reference's entries in the results
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    amp: bool  # bf16 autocast
+    compile: bool
+    kernels: bool = False  # lensperf's Triton kernels
+    sdpa: bool = False  # the reference's attention as scaled_dot_product_attention
+
+
+def modes(device: torch.device, *, reference: bool) -> list[Mode]:
+    """The bf16 modes only where bf16 is native: emulated, they take tens of minutes and
+    measure nothing useful."""
+    found = [Mode("eager_fp32", False, False), Mode("compiled_fp32", False, True)]
+    if native_bf16(device):
+        found.append(Mode("compiled_bf16", True, True))
+    if device.type == "cuda":
+        found.append(
+            Mode("compiled_bf16_sdpa", True, True, sdpa=True)
+            if reference
+            else Mode("compiled_bf16_kernels", True, True, kernels=True)
+        )
+    return found
+
+
+def workloads(batch: dict[str, int], device: torch.device) -> dict:
+    """name -> (model factory taking `sdpa`, loss of a model on a fixed batch, batch size), for
+    each task and its reference: each task's own loss, on its own synthetic batch."""
+    found = {}
+    for name, config in BENCH_CONFIGS.items():
+        task = TASKS[name](config)
+        example = task.example_batch(batch[name], device)
+        loss = functools.partial(_task_loss, task, example)
+        found[name] = (lambda sdpa, task=task: task.build_model(), loss, batch[name])
+        found[name + REFERENCE] = (REFERENCES[name], loss, batch[name])
+    return found
+
+
+def _task_loss(task, batch: dict, model) -> torch.Tensor:
+    return task.loss(model, batch)
+
+
+def throughput(batch: dict[str, int], device: torch.device, timing: dict) -> dict:
+    """images/s of every workload in every mode it gets: results[name][mode]."""
+    found = workloads(batch, device)
+    plan = [
+        (name, mode) for name in found for mode in modes(device, reference=name.endswith(REFERENCE))
+    ]
+    results: dict = {}
+    with progress(total=len(plan), desc="bench throughput", unit="run") as bar:
+        for name, mode in plan:
+            make, loss_fn, batch_size = found[name]
+            torch.manual_seed(0)
+            torch._dynamo.reset()
+            with ops.kernels_switched("on" if mode.kernels else "off"):
+                r = train_step_rate(make(mode.sdpa), loss_fn, batch_size, device=device,
+                                    amp=mode.amp, compile_=mode.compile, **timing)  # fmt: skip
+            results.setdefault(name, {})[mode.name] = {"batch": batch_size, **r}
+            bar.update(1)
+    return results
+
+
+def flops(batch: dict[str, int], device: torch.device, rates: dict) -> dict:
+    """FLOPs per image trained (lensperf's model; the reference has the same sizes) and the
+    fraction of the measured matmul peak each workload and mode reaches."""
+    found = workloads(batch, device)
+    peaks = {"fp32": matmul_peak(device, torch.float32)}
+    if native_bf16(device):
+        peaks["bf16"] = matmul_peak(device, torch.bfloat16)
+    out = {"matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "tasks": {}}
+    for task in BENCH_CONFIGS:
+        make, loss_fn, batch_size = found[task]
+        per_image = flops_per_image(make(False).to(device), loss_fn, batch_size)
+        for name in (task, task + REFERENCE):
+            entry = {"gflops_per_image": per_image / 1e9, "fraction_of_peak": {}}
+            for mode, r in rates[name].items():
+                peak = peaks["bf16" if "bf16" in mode else "fp32"]
+                entry["fraction_of_peak"][mode] = per_image * r["images_per_s"] / peak
+            out["tasks"][name] = entry
+    return out
+
+
+def best_mode(modes_: dict) -> tuple[str, float]:
+    name = max(modes_, key=lambda m: modes_[m]["images_per_s"])
+    return name, modes_[name]["images_per_s"]
+
+
+def summarize(results: dict) -> dict:
+    """Per task: lensperf's best mode over the reference's best mode, and each best mode's
+    fraction of the matmul peak; lensperf's speedup over its own eager fp32."""
+    t, fractions = results["throughput"], results["flops"]["tasks"]
+    summary: dict = {"tasks": {}}
+    for task in BENCH_CONFIGS:
+        ours, ours_rate = best_mode(t[task])
+        ref, ref_rate = best_mode(t[task + REFERENCE])
+        summary["tasks"][task] = {
+            "best_mode": ours,
+            "reference_best_mode": ref,
+            "vs_reference_best": ours_rate / ref_rate,
+            "vs_own_eager_fp32": ours_rate / t[task]["eager_fp32"]["images_per_s"],
+            "fraction_of_peak": fractions[task]["fraction_of_peak"][ours],
+            "reference_fraction_of_peak": fractions[task + REFERENCE]["fraction_of_peak"][ref],
+        }
+    if "loader_images_per_s" in results:
+        loader_best = max(results["loader_images_per_s"].values())
+        summary["loader_vs_pretrain_consumption"] = loader_best / best_mode(t["pretrain"])[1]
+    return summary
