@@ -106,9 +106,10 @@ def test_tta_averages_the_eight_views():
         torch.testing.assert_close(out["logits"].exp(), model(flat).softmax(-1))
 
 
+@pytest.mark.parametrize("stem", ["conv", "cnn"])
 @pytest.mark.parametrize("patch", [4, 8])
-def test_conv_stem_gives_the_patch_grid_and_trains(patch):
-    config = ViTConfig(dim=32, depth=1, heads=2, patch_size=patch, stem="conv")
+def test_conv_stem_gives_the_patch_grid_and_trains(patch, stem):
+    config = ViTConfig(dim=32, depth=1, heads=2, patch_size=patch, stem=stem)
     encoder = ViTEncoder(config)
     tokens, grid = encoder.patchify(torch.rand(2, 1, 64, 64))
     assert grid == (64 // patch, 64 // patch) and tokens.shape == (2, grid[0] * grid[1], 32)
@@ -188,14 +189,18 @@ def test_tiny_encoder_overrides_still_build(stores, tmp_path):  # noqa: F811
     assert 0 <= metrics["accuracy"] <= 1
 
 
+@pytest.mark.parametrize("stem", ["conv", "cnn"])
 @pytest.mark.parametrize("blank", [True, False])
-def test_mae_with_a_conv_stem_sees_nothing_of_the_masked_patches(blank, monkeypatch):
+def test_mae_with_a_conv_stem_sees_nothing_of_the_masked_patches(blank, stem, monkeypatch):
     """Pixels of masked patches reach no token: changing them leaves the predictions as they
     were. Without the blanking, the stem's overlapping convolutions would leak them."""
     from lensperf.models import MAE, MAEConfig
 
-    encoder = ViTConfig(dim=32, depth=1, heads=2, patch_size=8, stem="conv")
+    encoder = ViTConfig(dim=32, depth=1, heads=2, patch_size=8, stem=stem)
     mae = MAE(MAEConfig(encoder=encoder, decoder_dim=16, decoder_depth=1, decoder_heads=2))
+    for module in mae.modules():  # the cnn stem's residual convs start at zero: wake them
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.2)
     if not blank:
         monkeypatch.setattr(type(mae.encoder), "mixes_patches", property(lambda self: False))
     images = torch.rand(2, 1, 64, 64)
@@ -207,3 +212,21 @@ def test_mae_with_a_conv_stem_sees_nothing_of_the_masked_patches(blank, monkeypa
     _, pred_changed, mask_changed = mae(changed)
     assert torch.equal(mask, mask_changed)
     assert torch.allclose(pred, pred_changed, atol=1e-6) == blank
+
+
+def test_a_pretrained_encoder_takes_the_fine_tunes_drop_path(tmp_path):
+    import yaml
+    from safetensors.torch import save_file
+
+    from lensperf.config import to_dict
+
+    encoder = ViTEncoder(ViTConfig(dim=32, depth=3, heads=2))
+    save_file(encoder.state_dict(), str(tmp_path / "encoder.safetensors"))
+    (tmp_path / "encoder.yaml").write_text(yaml.safe_dump(to_dict(encoder.config)))
+    config = FinetuneClsConfig(pretrained=str(tmp_path), encoder=ViTConfig(drop_path=0.2))
+    model = ClassifyTask(config).build_model()
+    assert [b.drop_path for b in model.encoder.blocks] == [0, 0.1, 0.2]
+    assert model.encoder.config.drop_path == 0.2 and model.encoder.config.dim == 32
+    torch.testing.assert_close(
+        model.encoder.blocks[0].mlp[0].weight, encoder.blocks[0].mlp[0].weight
+    )

@@ -7,6 +7,7 @@ Positions are computed for whatever grid an image gives (not learned), so one en
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from lensperf.config import require
 from lensperf.models import ops
+from lensperf.models.stems import ConvStem, ResidualStem
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,8 +29,10 @@ class ViTConfig:
     heads: int = 3
     mlp_ratio: float = 4.0
     # "patch": one linear map per patch (a strided convolution); "conv": stride-2 3x3
-    # convolutions down to the patch grid, then a 1x1 one (early convolutions; see ConvStem).
-    stem: Literal["patch", "conv"] = "patch"
+    # convolutions down to the patch grid, then a 1x1 one (early convolutions); "cnn": a small
+    # residual CNN down to the patch grid (a hybrid ViT). See stems.py.
+    stem: Literal["patch", "conv", "cnn"] = "patch"
+    stem_width: int = 16  # channels of the cnn stem at full resolution, doubled per halving
     drop_path: float = 0.0  # stochastic depth at the last block; linear in depth from 0
     # The model standardises its input: x -> (x - input_mean) / input_std, so the preprocessing
     # travels with the weights into every checkpoint, export and prediction.
@@ -47,13 +51,11 @@ class ViTConfig:
         require(self.mlp_ratio > 0, "mlp_ratio", "must be positive")
         require(0 <= self.drop_path < 1, "drop_path", "must be in [0, 1)")
         require(self.input_std > 0, "input_std", "must be positive")
-        if self.stem == "conv":
+        if self.stem != "patch":
             p = self.patch_size
-            require(
-                p >= 2 and p & (p - 1) == 0,
-                "patch_size",
-                "must be a power of two >= 2 for stem=conv",
-            )
+            require(p >= 2 and p & (p - 1) == 0, "patch_size",
+                    f"must be a power of two >= 2 for stem={self.stem}")  # fmt: skip
+        require(self.stem_width >= 1, "stem_width", "must be at least 1")
 
 
 def sincos_positions(grid_h: int, grid_w: int, dim: int) -> Tensor:
@@ -111,32 +113,6 @@ class Block(nn.Module):
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
-class ConvStem(nn.Module):
-    """Images (B, C, H, W) -> (B, D, H/p, W/p) by log2(p) stride-2 3x3 convolutions (widths
-    D/p, 2D/p, ...) and a 1x1 one: early convolutions see local structure across patch borders
-    (Xiao et al. 2021, "Early convolutions help transformers see better")."""
-
-    def __init__(self, in_chans: int, dim: int, patch_size: int):
-        super().__init__()
-        convs, c_in, width = [], in_chans, max(8, dim // patch_size)
-        for _ in range(patch_size.bit_length() - 1):
-            convs.append(nn.Conv2d(c_in, width, 3, stride=2, padding=1))
-            c_in, width = width, 2 * width
-        self.convs = nn.ModuleList(convs)
-        self.proj = nn.Conv2d(c_in, dim, 1)
-
-    def forward(self, images_BCHW: Tensor, visible_B1HW: Tensor | None = None) -> Tensor:
-        """`visible_B1HW` (1 = visible) blanks the masked patches after every layer, as masked
-        convolutions do (ConvMAE): nothing of them, not even a bias, reaches a visible token."""
-        x = images_BCHW
-        for conv in self.convs:
-            x = nn.functional.gelu(conv(x))
-            if visible_B1HW is not None:
-                step = visible_B1HW.shape[-1] // x.shape[-1]
-                x = x * visible_B1HW[..., ::step, ::step]
-        return self.proj(x)
-
-
 class ViTEncoder(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
@@ -144,13 +120,15 @@ class ViTEncoder(nn.Module):
         c = config
         if c.stem == "conv":
             self.patch_embed = ConvStem(c.in_chans, c.dim, c.patch_size)
+        elif c.stem == "cnn":
+            self.patch_embed = ResidualStem(c.in_chans, c.dim, c.patch_size, c.stem_width)
         else:
             self.patch_embed = nn.Conv2d(
                 c.in_chans, c.dim, kernel_size=c.patch_size, stride=c.patch_size
             )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
-        rates = [c.drop_path * i / max(1, c.depth - 1) for i in range(c.depth)]
-        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, r) for r in rates)
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.set_drop_path(c.drop_path)
         self.norm = nn.LayerNorm(c.dim)
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
@@ -165,6 +143,14 @@ class ViTEncoder(nn.Module):
         if grid == (side, side):
             return self.pos_LD
         return sincos_positions(*grid, self.config.dim).to(self.pos_LD)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 at the first block to `rate` at the last. It
+        changes no weight, so a pretrained encoder takes the rate its fine-tuning asks for."""
+        depth = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            block.drop_path = rate * i / max(1, depth - 1)
+        self.config = dataclasses.replace(self.config, drop_path=rate)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters AdamW must not decay, besides biases and norms."""
@@ -189,9 +175,9 @@ class ViTEncoder(nn.Module):
 
     @property
     def mixes_patches(self) -> bool:
-        """Whether a token sees pixels of neighbouring patches (the conv stem's overlapping
-        convolutions): masked patches must then be blanked before the stem."""
-        return self.config.stem == "conv"
+        """Whether a token sees pixels of neighbouring patches (the conv stems' overlapping
+        convolutions): masked patches must then be blanked in the stem."""
+        return self.config.stem != "patch"
 
     def patchify(
         self, images_BCHW: Tensor, hidden_BL: Tensor | None = None

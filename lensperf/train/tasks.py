@@ -114,7 +114,10 @@ class _FinetuneTask(Task):
         if shape is not None:
             return ViTEncoder(shape)
         if self.config.pretrained:
-            return load_encoder(self.config.pretrained)
+            encoder = load_encoder(self.config.pretrained)
+            # fine-tuning settings that change no weight apply to a pretrained encoder too
+            encoder.set_drop_path(self.config.encoder.drop_path)
+            return encoder
         return ViTEncoder(self.config.encoder)
 
     @property
