@@ -4,7 +4,8 @@ stage end to end (its --dry-run: CPU, tiny sizes), the three routes included."""
 import json
 import subprocess
 
-from lensperf.bench.time_to_target import amortised, crossings
+from lensperf.bench.time_to_target import Route, Stage, amortised, crossings, run_route
+from lensperf.simulate.runner import simulate_classification
 
 from .conftest import ROOT
 
@@ -34,6 +35,14 @@ def test_amortised_route_starts_its_clock_at_fine_tuning():
     seen = amortised(result)
     assert seen["curve"][0]["train_s"] == 30.0 and seen["curve"][0]["images"] == 1000
     assert seen["time_to_accuracy"]["0.95"]["train_s"] == 30.0 and seen["amortised"]
+
+
+def test_a_second_bench_run_replaces_the_first_in_its_work_folder(tmp_path, model_ii_config):
+    store = simulate_classification(model_ii_config("n_per_class=12"), tmp_path / "c.zarr")
+    route = Route("cnn", "ResNet", (Stage("finetune_cls", "cnn_demo", ("epochs=1",)),))
+    first = run_route(route, store, tmp_path / "work")
+    again = run_route(route, store, tmp_path / "work")  # refused as "holds a run" before
+    assert len(again["curve"]) == len(first["curve"]) == 1
 
 
 def test_gpu_check_dry_run_runs_every_stage(tmp_path):

@@ -50,8 +50,9 @@ def routes(recipe: str, extra: tuple[str, ...] = ()) -> list[Route]:
             Stage("pretrain", recipe),
             Stage("finetune_cls", recipe, extra),
         )),
+        # layer-wise lr decay is for a pretrained encoder: a new one learns at one rate
         Route("vit_scratch", "lensperf ViT from scratch",
-              (Stage("finetune_cls", recipe, ("pretrained=", *extra)),)),
+              (Stage("finetune_cls", recipe, ("pretrained=", "optim.layer_decay=1", *extra)),)),
         Route("cnn", "ResNet baseline from scratch",
               (Stage("finetune_cls", CNN_PRESET[recipe], extra),)),
     ]  # fmt: skip
@@ -71,7 +72,8 @@ def run_route(route: Route, store: Path, workdir: Path, overrides: dict | None =
                  *(overrides or {}).get(stage.task, [])]  # fmt: skip
         if checkpoint is not None:
             given.append(f"pretrained={checkpoint}")
-        metrics = train(stage.task, preset(stage.task, stage.preset), given)
+        # the bench's work folder is its own: a second bench run replaces the first's runs
+        metrics = train(stage.task, preset(stage.task, stage.preset), given, overwrite=True)
         stages.append({
             "task": stage.task, "preset": stage.preset, "overrides": given,
             "train_s": metrics["train_seconds"], "images": metrics["images_seen"],
@@ -161,7 +163,7 @@ def _super_resolution(recipe: str, sr_store: Path, workdir: Path, overrides=None
     metrics = train("finetune_sr", preset("finetune_sr", recipe), [
         f"out_dir={out}", f"data.store={sr_store}", f"pretrained={pretrained}",
         *(overrides or {}).get("finetune_sr", []),
-    ])  # fmt: skip
+    ], overwrite=True)  # fmt: skip
     keys = ("psnr", "ssim", "mse", "bicubic_psnr", "bicubic_ssim", "psnr_gain_db", "train_seconds")
     return {"store": str(sr_store), **{k: metrics[k] for k in keys}, "targets": SR_TARGETS}
 
