@@ -115,7 +115,8 @@ def _train_command(task: str, section: str):
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from lensperf.train.run import evaluate
 
-    print(json.dumps(evaluate(args.checkpoint, args.data, args.out, split=args.split), indent=2))
+    metrics = evaluate(args.checkpoint, args.data, args.out, split=args.split, tta=args.tta)
+    print(json.dumps(metrics, indent=2))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -307,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["train", "val", "test"],
                    help="default: val")  # fmt: skip
     p.add_argument("--out", type=Path, help="report folder")
+    p.add_argument(
+        "--tta", action="store_true",
+        help="a classifier: average over the 8 flips/rotations of each image",
+    )  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser(

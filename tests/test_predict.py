@@ -101,6 +101,29 @@ def test_predict_a_store_split(classifier, tmp_path):
     ]
 
 
+def test_evaluate_with_tta_scores_what_predict_with_tta_predicts(classifier, raw_tree, tmp_path):
+    from lensperf.train.metrics import classification_metrics
+
+    held_out = tmp_path / "held_out.zarr"
+    assert run_cli("data", "import", raw_tree, "--out", held_out, "--split", "test",
+                   "--normalise").returncode == 0  # fmt: skip
+    labels = torch.from_numpy(open_store(held_out, splits=("test",))["test/labels"][:])
+    checkpoint = classifier["run"] / "checkpoint.pt"
+    for tta in ([], ["--tta"]):
+        result = run_cli("evaluate", "--checkpoint", checkpoint, "--data", held_out, "--split",
+                         "test", "--out", tmp_path / f"eval{len(tta)}", *tta)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads((tmp_path / f"eval{len(tta)}" / "metrics.json").read_text())
+        assert metrics["tta"] is bool(tta)
+        csv_out = tmp_path / f"p{len(tta)}.csv"
+        assert run_cli("predict", "--checkpoint", checkpoint, f"{held_out}:test", "--out",
+                       csv_out, *tta).returncode == 0  # fmt: skip
+        probs = torch.tensor([[float(r[f"p_{c}"]) for c in api.CLASSES] for r in _rows(csv_out)])
+        expected = classification_metrics(probs.log(), labels)
+        for key in ("accuracy", "auc_macro"):
+            assert metrics[key] == pytest.approx(expected[key], abs=1e-5), (tta, key)
+
+
 def test_a_bad_file_stops_predict_or_is_skipped(classifier, raw_tree, tmp_path):
     tree = Path(shutil.copytree(raw_tree, tmp_path / "tree"))
     bad = tree / "cdm" / "broken.npy"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from lensperf.atomic import atomic_folder
 from lensperf.config import load_config
 from lensperf.data import make_loader
-from lensperf.errors import DataError
+from lensperf.errors import ConfigError, DataError
 from lensperf.runtime import resolve_device
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.tasks import TASKS, model_from_checkpoint
@@ -41,11 +42,17 @@ def train_config(
 
 
 def evaluate(
-    checkpoint: str | Path, data: str | Path, out: str | Path | None = None, *, split: str = "val"
-) -> dict:
-    """Metrics and report of a checkpoint on a split of the store `data`."""
+    checkpoint: str | Path, data: str | Path, out: str | Path | None = None, *,
+    split: str = "val", tta: bool = False,
+) -> dict:  # fmt: skip
+    """Metrics and report of a checkpoint on a split of the store `data`; a classifier's with
+    `tta` on the mean over the 8 symmetries of each image."""
     state = load_checkpoint(checkpoint)
     task, model = model_from_checkpoint(state)
+    if tta:
+        if not hasattr(task.config, "tta"):
+            raise ConfigError("tta", f"test-time averaging is for classifiers, not {task.name}")
+        task.config = dataclasses.replace(task.config, tta=True)
     device = resolve_device("auto")
     model = model.to(device).eval()
     loader = make_loader(data, split, batch_size=128, backend="memory", shuffle=False,
@@ -58,6 +65,6 @@ def evaluate(
         metrics = task.evaluate(model, loader)
         task.report(model, loader, {"train": [], "eval": []}, report)
         metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data),
-                   "split": split, **metrics}  # fmt: skip
+                   "split": split, "tta": tta, **metrics}  # fmt: skip
         (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
