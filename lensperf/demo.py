@@ -18,7 +18,7 @@ from lensperf.simulate.runner import default_workers, simulate_classification, s
 from lensperf.store.inspect import format_summary, sample_grid_png, summarize
 from lensperf.train.run import evaluate, train
 
-DEMO_N_PER_CLASS = 2000
+DEMO_N_PER_CLASS = 4000
 DEMO_SR_PAIRS = 300
 
 

@@ -254,9 +254,10 @@ def test_two_process_torchrun_on_cpu(stores, tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     state = load_checkpoint(out / "checkpoint.pt")
-    # 2 ranks x equal shards: each step consumed a batch per rank.
-    no_sub_train = 24 - 2  # 24 per class, 2 in val (10%, rounded)
-    assert state["step"] == no_sub_train // 2 // 4
+    # 2 ranks x equal shards: each step consumed a batch per rank. The demo preset pretrains
+    # on all three classes: 24 per class, 2 of each in val (10%, rounded).
+    train_images = 3 * (24 - 2)
+    assert state["step"] == train_images // 2 // 4
     assert (out / "metrics.json").exists()
 
 
@@ -332,5 +333,5 @@ def test_train_and_eval_records_share_one_position(stores, tmp_path):
         assert {k: steps[e["step"]][k] for k in ("step", "epoch", "images")} == {
             k: e[k] for k in ("step", "epoch", "images")
         }
-    no_sub_train, batch = 24 - 2, 16
-    assert evals[-1]["images"] == 2 * (no_sub_train // batch) * batch  # full batches only
+    train_images, batch = 3 * (24 - 2), 16  # all three classes, as the demo preset pretrains
+    assert evals[-1]["images"] == 2 * (train_images // batch) * batch  # full batches only
