@@ -62,6 +62,9 @@ def test_simulate_inspect_round_trip(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     text = run_cli("data", "inspect", out)
     assert "train: 27 samples (no_sub 9, cdm 9, axion 9)" in text.stdout
+    share = summary["splits"]["train"]["pixels"]["light_in_brightest_quarter_of_patches"]
+    assert 0.9 < share <= 1  # a lensed arc on empty sky: token_keep's premise
+    assert f"brightest quarter of the 8x8 patches: {share:.1%} of the light" in text.stdout
 
 
 def test_simulate_sr_cli(tmp_path):

@@ -12,9 +12,9 @@ from torch import nn
 from lensperf.config import load_config
 from lensperf.data.augment import SYMMETRIES, symmetric_view
 from lensperf.errors import ConfigError
-from lensperf.models import Classifier, ViTConfig, ViTEncoder
+from lensperf.models import MAE, Classifier, MAEConfig, ViTConfig, ViTEncoder
 from lensperf.models.resnet import ResNet, ResNetConfig
-from lensperf.models.vit import drop_path
+from lensperf.models.vit import brightest_patches, drop_path
 from lensperf.train.batch_norm import recalibrate_batch_norm
 from lensperf.train.config import FinetuneClsConfig, OptimConfig
 from lensperf.train.optim import WeightAverage, parameter_groups
@@ -231,3 +231,81 @@ def test_a_pretrained_encoder_takes_the_fine_tunes_drop_path(tmp_path):
     torch.testing.assert_close(
         model.encoder.blocks[0].mlp[0].weight, encoder.blocks[0].mlp[0].weight
     )
+
+
+def _lit_images(lit: list[tuple[int, int]], n: int = 2) -> torch.Tensor:
+    """64x64 images whose 8x8 patches at `lit` (row, col) hold light and the rest faint noise."""
+    images = torch.rand(n, 1, 64, 64) * 1e-3
+    for row, col in lit:
+        images[:, :, 8 * row : 8 * row + 8, 8 * col : 8 * col + 8] += 1 + torch.rand(n, 1, 8, 8)
+    return images
+
+
+LIT = [(0, 0), (2, 5), (7, 7), (3, 1), (4, 4), (6, 2), (1, 6), (5, 0)]
+
+
+def test_brightest_patches_finds_the_lit_ones():
+    ids = brightest_patches(_lit_images(LIT), patch_size=8, keep=8 / 64)
+    for sample in ids:
+        assert sorted(sample.tolist()) == sorted(8 * r + c for r, c in LIT)
+    assert brightest_patches(_lit_images(LIT), 8, keep=0.5).shape == (2, 32)
+    assert brightest_patches(_lit_images(LIT), 8, keep=1e-6).shape == (2, 1)  # never empty
+
+
+def test_token_keep_passes_only_the_brightest_patches_in_training_and_evaluation():
+    torch.manual_seed(0)
+    model = Classifier(ViTEncoder(SMALL), token_keep=8 / 64)
+    seen = []
+    model.encoder.blocks[0].register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+    images = _lit_images(LIT)
+    model.train()
+    model(images)
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(images)
+        # the reference: every token through patchify, then the lit ones alone, in grid order
+        lit_ids = sorted(8 * r + c for r, c in LIT)
+        tokens_BLD = model.encoder.patchify(images)[0][:, lit_ids]
+        reference = model.head(model.encoder.forward_tokens(tokens_BLD)[:, 1:].mean(dim=1))
+        dark_changed = model(images + torch.rand_like(images) * 1e-4 * (images < 1e-2))
+    assert seen[:2] == [1 + 8, 1 + 8]  # [CLS] + the lit patches, in training and in evaluation
+    torch.testing.assert_close(evaluated, reference)
+    torch.testing.assert_close(dark_changed, evaluated)  # the sky never reaches the encoder
+
+
+def test_mae_token_keep_masks_and_reconstructs_the_brightest_patches_only():
+    torch.manual_seed(0)
+    config = MAEConfig(encoder=SMALL, decoder_dim=16, decoder_heads=2, token_keep=8 / 64)
+    model = MAE(config)
+    seen = {}
+    model.encoder.blocks[0].register_forward_hook(lambda m, a, out: seen.update(enc=out.shape[1]))
+    model.decoder_blocks[0].register_forward_hook(lambda m, a, out: seen.update(dec=out.shape[1]))
+    images = _lit_images(LIT)
+    sky_changed = images + torch.rand_like(images) * 1e-4 * (images < 1e-2)
+    torch.manual_seed(1)
+    loss, pred_BLK, mask_BL = model(images)
+    torch.manual_seed(1)
+    dark_changed = model(sky_changed)[0]
+    assert seen == {"enc": 1 + 2, "dec": 1 + 8}  # a quarter of the 8 lit patches are visible
+    lit_ids = sorted(8 * r + c for r, c in LIT)
+    dark = torch.ones(64, dtype=torch.bool)
+    dark[lit_ids] = False
+    assert (mask_BL[:, dark] == 1).all() and (pred_BLK[:, dark] == 0).all()
+    assert (mask_BL[:, lit_ids].sum(dim=1) == 6).all()  # 6 of the 8 lit patches are masked
+    assert torch.isfinite(loss) and loss > 0
+    torch.testing.assert_close(dark_changed, loss)  # the sky is in neither input nor loss
+
+
+@pytest.mark.parametrize("keep", [0.0, 1.5])
+def test_token_keep_outside_its_range_is_a_config_error(keep):
+    with pytest.raises(ConfigError, match="token_keep"):
+        FinetuneClsConfig(token_keep=keep)
+    with pytest.raises(ConfigError, match="token_keep"):
+        MAEConfig(token_keep=keep)
+    with pytest.raises(ValueError, match="token_keep"):
+        Classifier(ViTEncoder(SMALL), token_keep=keep)
+
+
+def test_mae_token_keep_needs_the_patch_stem():
+    with pytest.raises(ConfigError, match="token_keep"):
+        MAEConfig(encoder=ViTConfig(stem="conv"), token_keep=0.5)

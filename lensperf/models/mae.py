@@ -10,7 +10,15 @@ from torch import Tensor, nn
 
 from lensperf.config import require
 from lensperf.models import ops
-from lensperf.models.vit import Block, ViTConfig, ViTEncoder, _init_weights, sincos_positions
+from lensperf.models.vit import (
+    Block,
+    ViTConfig,
+    ViTEncoder,
+    _init_weights,
+    brightest_patches,
+    gather_rows,
+    sincos_positions,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,6 +29,10 @@ class MAEConfig:
     decoder_heads: int = 4
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
+    # Pretrain on this fraction of each image's patches, the brightest (the arc; the rest is
+    # empty sky, which teaches nothing): masking, reconstruction and the loss see only these.
+    # 1 uses every patch (MAE's own).
+    token_keep: float = 1.0
 
     def __post_init__(self):
         require(0 <= self.mask_ratio < 1, "mask_ratio", "must be in [0, 1)")
@@ -28,6 +40,12 @@ class MAEConfig:
             self.decoder_dim % self.decoder_heads == 0, "decoder_heads", "must divide decoder_dim"
         )
         require(self.decoder_depth >= 1, "decoder_depth", "must be at least 1")
+        require(0 < self.token_keep <= 1, "token_keep", "must be in (0, 1]")
+        require(
+            self.token_keep == 1 or self.encoder.stem == "patch",
+            "token_keep",
+            "needs encoder.stem=patch (a conv stem mixes the dropped patches' pixels in)",
+        )
 
 
 def patchify(images_BCHW: Tensor, p: int) -> Tensor:
@@ -75,30 +93,39 @@ class MAE(nn.Module):
         return {"mask_token"} | {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
     def forward(self, images_BCHW: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(loss, predicted patches (B, L, p*p*C), mask (B, L) with 1 = removed)."""
+        """(loss, predicted patches (B, L, p*p*C), mask (B, L) with 1 = removed). With
+        token_keep < 1 the patches outside the brightest are removed too, predicted as 0."""
         p, ratio = self.config.encoder.patch_size, self.config.mask_ratio
         B, L = images_BCHW.shape[0], (images_BCHW.shape[-2] // p) * (images_BCHW.shape[-1] // p)
-        noise_BL = torch.rand(B, L, device=images_BCHW.device)
-        hidden_BL = None
+        noise_BL = hidden_BL = None
         if self.encoder.mixes_patches:  # the same draw masks the pixels and the tokens
+            noise_BL = torch.rand(B, L, device=images_BCHW.device)
             hidden_BL = ops.random_masking(noise_BL[..., None], ratio, noise=noise_BL)[1]
         tokens_BLD, grid = self.encoder.patchify(images_BCHW, hidden_BL)
+        target_BLK = patchify(images_BCHW, p)
+        positions_LE = self.decoder_pos_LE
+        if L != positions_LE.shape[0]:  # images of another size than configured
+            positions_LE = sincos_positions(*grid, self.config.decoder_dim).to(positions_LE)
+        kept_BS = None
+        if self.config.token_keep < 1:  # (the config rules out a conv stem here)
+            kept_BS = brightest_patches(images_BCHW, p, self.config.token_keep)
+            tokens_BLD = gather_rows(tokens_BLD, kept_BS)
+            target_BLK = gather_rows(target_BLK, kept_BS)
+            positions_LE = positions_LE[kept_BS]  # now (B, S, E)
+        if noise_BL is None:
+            noise_BL = torch.rand(tokens_BLD.shape[:2], device=images_BCHW.device)
         visible_BKD, mask_BL, ids_restore_BL = ops.random_masking(tokens_BLD, ratio, noise_BL)
         latent_B1KD = self.encoder.forward_tokens(visible_BKD)
 
         x = self.decoder_embed(latent_B1KD)
         cls_B1E, visible_BKE = x[:, :1], x[:, 1:]
         full_BLE = ops.unshuffle(visible_BKE, self.mask_token.to(x.dtype), ids_restore_BL)
-        positions_LE = self.decoder_pos_LE
-        if full_BLE.shape[1] != positions_LE.shape[0]:  # images of another size than configured
-            positions_LE = sincos_positions(*grid, self.config.decoder_dim).to(full_BLE)
         full_BLE = full_BLE + positions_LE.to(full_BLE.dtype)
         x = torch.cat([cls_B1E, full_BLE], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
         pred_BLK = self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
-        target_BLK = patchify(images_BCHW, self.config.encoder.patch_size)
         if self.config.norm_pix_loss:
             mean = target_BLK.mean(dim=-1, keepdim=True)
             var = target_BLK.var(dim=-1, keepdim=True)
@@ -106,4 +133,9 @@ class MAE(nn.Module):
         per_patch_BL = ((pred_BLK.float() - target_BLK.float()) ** 2).mean(dim=-1)
         mask_f = mask_BL.float()
         loss = (per_patch_BL * mask_f).sum() / mask_f.sum().clamp(min=1.0)
+        if kept_BS is not None:  # back on the full grid, for whoever draws the reconstructions
+            pred_BLK = pred_BLK.new_zeros(B, L, pred_BLK.shape[-1]).scatter(
+                1, kept_BS[..., None].expand_as(pred_BLK), pred_BLK
+            )
+            mask_BL = mask_BL.new_ones(B, L).scatter(1, kept_BS, mask_BL)
         return loss, pred_BLK, mask_BL

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lensperf.config import require
@@ -73,6 +74,19 @@ def sincos_positions(grid_h: int, grid_w: int, dim: int) -> Tensor:
         parts += [angle.sin(), angle.cos()]
     pos = torch.cat(parts, dim=1)
     return nn.functional.pad(pos, (0, dim - pos.shape[1])).float()
+
+
+def brightest_patches(images_BCHW: Tensor, patch_size: int, keep: float) -> Tensor:
+    """(B, K) ids of the K = round(keep * L) brightest patches of each image (by mean pixel
+    value, over channels), in no particular order. A DeepLense image is a lensed arc on empty
+    sky: about 30 of its 64 8x8 patches hold light, so the rest can skip the encoder."""
+    flux_BL = F.avg_pool2d(images_BCHW.float(), patch_size).mean(dim=1).flatten(1)
+    return flux_BL.topk(max(1, round(flux_BL.shape[1] * keep)), dim=1, sorted=False).indices
+
+
+def gather_rows(x_BLD: Tensor, ids_BK: Tensor) -> Tensor:
+    """(B, K, D): rows ids_BK of each sample of x_BLD."""
+    return x_BLD.gather(1, ids_BK[..., None].expand(*ids_BK.shape, x_BLD.shape[-1]))
 
 
 class Attention(nn.Module):

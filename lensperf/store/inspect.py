@@ -78,7 +78,23 @@ def _pixel_stats(array: zarr.Array, n: int) -> dict:
         "std": float(x.std()),
         "frac_above_half": float((x > 0.5).mean()),
         "mean_image_sum": float(x.sum(axis=(1, 2, 3)).mean()),
+        **_light_in_brightest_patches(x),
     }
+
+
+def _light_in_brightest_patches(x_NCHW: np.ndarray, patch: int = 8, keep: float = 0.25) -> dict:
+    """The mean share of an image's light in its brightest quarter of 8x8 patches: near 1, the
+    ViT recipes' `token_keep: 0.25` drops only empty sky (docs/recipes.md)."""
+    N, _, H, W = x_NCHW.shape
+    if H % patch or W % patch:
+        return {}
+    flux_NL = x_NCHW.sum(1).reshape(N, H // patch, patch, W // patch, patch).sum((2, 4))
+    flux_NL = flux_NL.reshape(N, -1)
+    k = max(1, round(flux_NL.shape[1] * keep))
+    top_N = -np.sort(-flux_NL, axis=1)[:, :k].sum(1)
+    total_N = flux_NL.sum(1)
+    share = np.divide(top_N, total_N, out=np.ones_like(top_N), where=total_N > 0)
+    return {"light_in_brightest_quarter_of_patches": float(share.mean())}
 
 
 def format_summary(summary: dict) -> str:
@@ -102,6 +118,11 @@ def format_summary(summary: dict) -> str:
                     f" mean {p['mean']:.4f}, std {p['std']:.4f}, >0.5 {p['frac_above_half']:.2%},"
                     f" sum/image {p['mean_image_sum']:.1f}"
                 )
+                if "light_in_brightest_quarter_of_patches" in p:
+                    share = p["light_in_brightest_quarter_of_patches"]
+                    lines.append(
+                        f"    brightest quarter of the 8x8 patches: {share:.1%} of the light"
+                    )
         if "axion_mass_eV" in entry:
             lo, hi = entry["axion_mass_eV"]
             lines.append(f"    axion mass: {lo:.3g} .. {hi:.3g} eV")

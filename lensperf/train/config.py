@@ -114,6 +114,9 @@ class FinetuneClsConfig:
     resnet: ResNetConfig = field(default_factory=ResNetConfig)  # used when arch=resnet
     linear_probe: bool = False
     label_smoothing: float = 0.0
+    # The encoder sees this fraction of each image's patches, the brightest (the arc; the rest
+    # is empty sky), in training and evaluation. 1 keeps every patch. arch=vit only.
+    token_keep: float = 1.0
     tta: bool = False  # evaluate on the mean of the 8 symmetries of each image
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -122,6 +125,7 @@ class FinetuneClsConfig:
     def __post_init__(self):
         _check_schedule(self)
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        require(0 < self.token_keep <= 1, "token_keep", "must be in (0, 1]")
         if self.arch == "resnet":
             require(not self.pretrained, "pretrained", "must be empty for arch=resnet")
             require(not self.linear_probe, "linear_probe", "needs arch=vit")

@@ -137,7 +137,10 @@ class ClassifyTask(_FinetuneTask):
         if self.config.arch == "resnet":
             return ResNet(self.config.resnet, num_classes=len(CLASSES))
         return Classifier(
-            self.encoder(encoder), num_classes=len(CLASSES), linear_probe=self.config.linear_probe
+            self.encoder(encoder),
+            num_classes=len(CLASSES),
+            linear_probe=self.config.linear_probe,
+            token_keep=self.config.token_keep,
         )
 
     def loss(self, model, batch) -> torch.Tensor:
