@@ -66,6 +66,7 @@ def fake_results():
         "pretrain": modes(100, 150, 250), "pretrain_reference": modes(90, 140, 200),
         "finetune_cls": modes(50, 60, 80), "finetune_cls_reference": modes(50, 64, 70),
         "finetune_sr": modes(10, 12, 16), "finetune_sr_reference": modes(10, 11, 15),
+        "finetune_cls_brightest": modes(100, 120, 175),
     }  # fmt: skip
     fractions = {
         name: {"gflops_per_image": 0.5, "fraction_of_peak": {m: r["images_per_s"] / 1000
@@ -93,12 +94,17 @@ def test_summary_ratios_are_against_the_references_best_mode(tmp_path):
     assert pretrain["fraction_of_peak"] == pytest.approx(0.25)
     cls = s["tasks"]["finetune_cls"]
     assert cls["vs_reference_best"] == pytest.approx(80 / 70)  # not vs its 64 compiled fp32
+    assert cls["brightest_vs_reference_best"] == pytest.approx(175 / 70)
+    assert cls["brightest_fraction_of_peak"] == pytest.approx(0.175)
+    assert "brightest_vs_reference_best" not in pretrain
     assert s["loader_vs_pretrain_consumption"] == pytest.approx(5000 / 250)
     results["summary"] = s
     text = markdown(results)
     assert (
         "**1.25x** (1.5x)" in text and "| pretrain_reference | 8 | compiled_bf16 | 200.0 |" in text
     )
+    assert "| finetune_cls, brightest patches only | compiled_bf16 | 175 |" in text
+    assert "**2.50x** (1.3x)" in text
     plot(results, tmp_path / "t.png")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     json.dumps(results)
@@ -129,7 +135,8 @@ def test_reference_classifier_and_sr_train_on_the_tasks_own_losses():
 
     found = workloads({"pretrain": 2, "finetune_cls": 2, "finetune_sr": 1}, torch.device("cpu"))
     assert set(found) == {f"{t}{r}" for t in ("pretrain", "finetune_cls", "finetune_sr")
-                          for r in ("", "_reference")}  # fmt: skip
+                          for r in ("", "_reference")} | {
+        "pretrain_brightest", "finetune_cls_brightest"}  # the cpu recipes' token_keep  # fmt: skip
     for name, (make, loss_fn, _) in found.items():
         for sdpa in (False, True):
             loss = loss_fn(make(sdpa))

@@ -55,7 +55,9 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
         ["gpu_tests", "kernels", "throughput", "loader", "accuracy"], "ok"
     )
     throughput = report["stages"]["throughput"]["result"]
-    assert set(throughput["vs_reference_best"]) == {"pretrain", "finetune_cls", "finetune_sr"}
+    assert set(throughput["vs_reference_best"]) == {
+        "pretrain", "finetune_cls", "finetune_sr", "pretrain_brightest", "finetune_cls_brightest"
+    }  # fmt: skip
     routes = report["stages"]["accuracy"]["result"]["routes"]
     assert set(routes) == {"mae", "mae_finetune", "vit_scratch", "cnn"}
     for route in routes.values():

@@ -90,9 +90,10 @@ def _stage_throughput(out: Path, dry: bool) -> dict:
             results.setdefault(name, {})[mode.name] = {"batch": size, **r}
             _write_partial(out, "throughput", results)
     ratios = {
-        task: T.best_mode(results[task])[1] / T.best_mode(results[task + T.REFERENCE])[1]
+        name: T.best_mode(results[name])[1] / T.best_mode(results[task + T.REFERENCE])[1]
         for task in T.BENCH_CONFIGS
-        if task in results and task + T.REFERENCE in results
+        for name in (task, task + T.BRIGHTEST)
+        if name in results and task + T.REFERENCE in results
     }
     return {"throughput": results, "vs_reference_best": ratios}
 

@@ -3,10 +3,16 @@ same size (reference.py), both through every switch a user has: eager fp32, comp
 compiled + bf16 (where bf16 is native), and on CUDA compiled + bf16 with lensperf's Triton
 kernels or, for the reference, with `scaled_dot_product_attention`. The summary compares
 lensperf's best mode with the reference's *best* mode, beside the fraction of the measured
-matmul peak each reaches in model FLOPs."""
+matmul peak each reaches in model FLOPs.
+
+lensperf's `cpu` recipes pass only the brightest patches of each image through the encoder
+(`token_keep`: the arc, not the empty sky). The same models with that setting are measured as
+`<task>_brightest`; their FLOPs are counted as executed, so their peak fraction says how well
+the hardware is used and their ratio to the reference says what skipping the sky buys."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +21,9 @@ import torch
 
 from lensperf.bench.measure import flops_per_image, matmul_peak, train_step_rate
 from lensperf.bench.reference import ReferenceClassifier, ReferenceMAE, ReferenceViT
+from lensperf.config import load_config
 from lensperf.models import MAEConfig, SuperResolution, ViTConfig, ops
+from lensperf.presets import preset
 from lensperf.progress import progress
 from lensperf.runtime import native_bf16
 from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, PretrainConfig
@@ -35,6 +43,7 @@ REFERENCES: dict[str, Callable[[bool], torch.nn.Module]] = {
     "finetune_sr": lambda sdpa: SuperResolution(ReferenceViT(ENCODER, sdpa=sdpa)),
 }
 REFERENCE = "_reference"  # suffix of a reference's entries in the results
+BRIGHTEST = "_brightest"  # suffix of lensperf's models at the cpu recipe's token_keep
 
 
 @dataclass(frozen=True)
@@ -61,9 +70,22 @@ def modes(device: torch.device, *, reference: bool) -> list[Mode]:
     return found
 
 
+def recipe_token_keep(task: str) -> float:
+    """The fraction of patches the `cpu` recipe of `task` passes through its encoder."""
+    config = load_config(TASKS[task].config_type, preset(task, "cpu"))
+    return config.model.token_keep if task == "pretrain" else getattr(config, "token_keep", 1.0)
+
+
+def _with_token_keep(config, keep: float):
+    if isinstance(config, PretrainConfig):
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, token_keep=keep))
+    return dataclasses.replace(config, token_keep=keep)
+
+
 def workloads(batch: dict[str, int], device: torch.device) -> dict:
     """name -> (model factory taking `sdpa`, loss of a model on a fixed batch, batch size), for
-    each task and its reference: each task's own loss, on its own synthetic batch."""
+    each task, its reference, and lensperf's model at the cpu recipe's token_keep where that is
+    below 1: each task's own loss, on its own synthetic batch."""
     found = {}
     for name, config in BENCH_CONFIGS.items():
         task = TASKS[name](config)
@@ -71,6 +93,10 @@ def workloads(batch: dict[str, int], device: torch.device) -> dict:
         loss = functools.partial(_task_loss, task, example)
         found[name] = (lambda sdpa, task=task: task.build_model(), loss, batch[name])
         found[name + REFERENCE] = (REFERENCES[name], loss, batch[name])
+        keep = recipe_token_keep(name)
+        if keep < 1:
+            sparse = TASKS[name](_with_token_keep(config, keep))
+            found[name + BRIGHTEST] = (lambda sdpa, t=sparse: t.build_model(), loss, batch[name])
     return found
 
 
@@ -99,22 +125,21 @@ def throughput(batch: dict[str, int], device: torch.device, timing: dict) -> dic
 
 
 def flops(batch: dict[str, int], device: torch.device, rates: dict) -> dict:
-    """FLOPs per image trained (lensperf's model; the reference has the same sizes) and the
-    fraction of the measured matmul peak each workload and mode reaches."""
+    """FLOPs per image trained, as each workload executes them, and the fraction of the
+    measured matmul peak each workload and mode reaches."""
     found = workloads(batch, device)
     peaks = {"fp32": matmul_peak(device, torch.float32)}
     if native_bf16(device):
         peaks["bf16"] = matmul_peak(device, torch.bfloat16)
     out = {"matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "tasks": {}}
-    for task in BENCH_CONFIGS:
-        make, loss_fn, batch_size = found[task]
+    for name in rates:
+        make, loss_fn, batch_size = found[name]
         per_image = flops_per_image(make(False).to(device), loss_fn, batch_size)
-        for name in (task, task + REFERENCE):
-            entry = {"gflops_per_image": per_image / 1e9, "fraction_of_peak": {}}
-            for mode, r in rates[name].items():
-                peak = peaks["bf16" if "bf16" in mode else "fp32"]
-                entry["fraction_of_peak"][mode] = per_image * r["images_per_s"] / peak
-            out["tasks"][name] = entry
+        entry = {"gflops_per_image": per_image / 1e9, "fraction_of_peak": {}}
+        for mode, r in rates[name].items():
+            peak = peaks["bf16" if "bf16" in mode else "fp32"]
+            entry["fraction_of_peak"][mode] = per_image * r["images_per_s"] / peak
+        out["tasks"][name] = entry
     return out
 
 
@@ -139,6 +164,13 @@ def summarize(results: dict) -> dict:
             "fraction_of_peak": fractions[task]["fraction_of_peak"][ours],
             "reference_fraction_of_peak": fractions[task + REFERENCE]["fraction_of_peak"][ref],
         }
+        if task + BRIGHTEST in t:
+            sparse, sparse_rate = best_mode(t[task + BRIGHTEST])
+            summary["tasks"][task].update(
+                brightest_best_mode=sparse,
+                brightest_vs_reference_best=sparse_rate / ref_rate,
+                brightest_fraction_of_peak=fractions[task + BRIGHTEST]["fraction_of_peak"][sparse],
+            )
     if "loader_images_per_s" in results:
         loader_best = max(results["loader_images_per_s"].values())
         summary["loader_vs_pretrain_consumption"] = loader_best / best_mode(t["pretrain"])[1]
