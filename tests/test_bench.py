@@ -136,7 +136,8 @@ def test_reference_classifier_and_sr_train_on_the_tasks_own_losses():
     found = workloads({"pretrain": 2, "finetune_cls": 2, "finetune_sr": 1}, torch.device("cpu"))
     assert set(found) == {f"{t}{r}" for t in ("pretrain", "finetune_cls", "finetune_sr")
                           for r in ("", "_reference")} | {
-        "pretrain_brightest", "finetune_cls_brightest"}  # the cpu recipes' token_keep  # fmt: skip
+        "pretrain_brightest", "finetune_cls_brightest", "finetune_sr_brightest"
+    }  # the cpu recipes' token_keep  # fmt: skip
     for name, (make, loss_fn, _) in found.items():
         for sdpa in (False, True):
             loss = loss_fn(make(sdpa))

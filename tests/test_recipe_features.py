@@ -7,16 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lensperf.config import load_config
 from lensperf.data.augment import SYMMETRIES, symmetric_view
 from lensperf.errors import ConfigError
-from lensperf.models import MAE, Classifier, MAEConfig, ViTConfig, ViTEncoder
+from lensperf.models import MAE, Classifier, MAEConfig, SuperResolution, ViTConfig, ViTEncoder
 from lensperf.models.resnet import ResNet, ResNetConfig
 from lensperf.models.vit import brightest_patches, drop_path
 from lensperf.train.batch_norm import recalibrate_batch_norm
-from lensperf.train.config import FinetuneClsConfig, OptimConfig
+from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, OptimConfig
 from lensperf.train.optim import WeightAverage, parameter_groups
 from lensperf.train.run import train
 from lensperf.train.tasks import ClassifyTask
@@ -296,6 +297,41 @@ def test_mae_token_keep_masks_and_reconstructs_the_brightest_patches_only():
     torch.testing.assert_close(dark_changed, loss)  # the sky is in neither input nor loss
 
 
+def _sr_written_plainly(model: SuperResolution, lr_B1HW: torch.Tensor, kept: list[int]):
+    """SR's documented forward, the obvious way: the kept tokens through the encoder, the others
+    0, then the 1x1 convolution unfolding every token to pixels."""
+    tokens_BLD, grid = model.encoder.patchify(lr_B1HW)
+    encoded_BLD = torch.zeros_like(tokens_BLD)
+    encoded_BLD[:, kept] = model.encoder.forward_tokens(tokens_BLD[:, kept])[:, 1:]
+    token_map = encoded_BLD.transpose(1, 2).reshape(len(lr_B1HW), -1, *grid)
+    x = torch.cat([model.tokens_to_pixels(token_map), model.image_features(lr_B1HW)], dim=1)
+    bicubic = F.interpolate(lr_B1HW, scale_factor=2, mode="bicubic", align_corners=False)
+    return bicubic + model.upsample(model.refine(x))
+
+
+@pytest.mark.parametrize("keep", [8 / 64, 1.0])
+def test_sr_token_keep_encodes_the_brightest_patches_and_unfolds_the_sky_as_zero_tokens(keep):
+    torch.manual_seed(0)
+    model = SuperResolution(ViTEncoder(SMALL), features=8, token_keep=keep).double()
+    with torch.no_grad():  # off the zero init of the last convolution, so every path counts
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    lr = _lit_images(LIT, n=1).double()
+    # in the model's own order: attention does not care, float64 sums in another order do
+    kept = brightest_patches(lr, 8, keep)[0].tolist()
+    assert sorted(kept) == (sorted(8 * r + c for r, c in LIT) if keep < 1 else list(range(64)))
+    seen = []
+    model.encoder.blocks[0].register_forward_hook(lambda m, a, out: seen.append(out.shape[1]))
+    out = model(lr)
+    reference = _sr_written_plainly(model, lr, kept)
+    assert seen[0] == 1 + len(kept)
+    torch.testing.assert_close(out, reference)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    reference_grads = torch.autograd.grad(reference.square().sum(), list(model.parameters()))
+    for got, expected in zip(grads, reference_grads, strict=True):  # sums of thousands of terms
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("keep", [0.0, 1.5])
 def test_token_keep_outside_its_range_is_a_config_error(keep):
     with pytest.raises(ConfigError, match="token_keep"):
@@ -304,6 +340,10 @@ def test_token_keep_outside_its_range_is_a_config_error(keep):
         MAEConfig(token_keep=keep)
     with pytest.raises(ValueError, match="token_keep"):
         Classifier(ViTEncoder(SMALL), token_keep=keep)
+    with pytest.raises(ConfigError, match="token_keep"):
+        FinetuneSRConfig(token_keep=keep)
+    with pytest.raises(ValueError, match="token_keep"):
+        SuperResolution(ViTEncoder(SMALL), token_keep=keep)
 
 
 def test_mae_token_keep_needs_the_patch_stem():

@@ -56,7 +56,8 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
     )
     throughput = report["stages"]["throughput"]["result"]
     assert set(throughput["vs_reference_best"]) == {
-        "pretrain", "finetune_cls", "finetune_sr", "pretrain_brightest", "finetune_cls_brightest"
+        "pretrain", "finetune_cls", "finetune_sr", "pretrain_brightest", "finetune_cls_brightest",
+        "finetune_sr_brightest",
     }  # fmt: skip
     routes = report["stages"]["accuracy"]["result"]["routes"]
     assert set(routes) == {"mae", "mae_finetune", "vit_scratch", "cnn"}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lensperf.models.vit import ViTEncoder, brightest_patches, gather_rows
+from lensperf.models.vit import ViTEncoder, brightest_patches, gather_rows, scatter_rows
 
 
 class Classifier(nn.Module):
@@ -73,12 +73,21 @@ class SuperResolution(nn.Module):
     to LR resolution by pixel shuffle, joined with convolutional features of the LR image
     itself (the tokens alone lose detail finer than a patch), refined by a small conv stack at
     LR resolution, and pixel-shuffled up by the factor.
+
+    token_keep < 1 passes only that fraction of the LR image's patches through the encoder, the
+    brightest (the arc), as in the Classifier; the sky's tokens are 0 before the unfolding, and
+    the convolutional features of the LR image still cover every pixel.
     """
 
-    def __init__(self, encoder: ViTEncoder, factor: int = 2, features: int = 48):
+    def __init__(
+        self, encoder: ViTEncoder, factor: int = 2, features: int = 48, token_keep: float = 1.0
+    ):
         super().__init__()
+        if not 0 < token_keep <= 1:
+            raise ValueError(f"token_keep must be in (0, 1], got {token_keep}")
         self.encoder = encoder
         self.factor = factor
+        self.token_keep = token_keep
         p, dim = encoder.config.patch_size, encoder.config.dim
         self.tokens_to_pixels = nn.Sequential(
             nn.Conv2d(dim, features * p * p, kernel_size=1), nn.PixelShuffle(p)
@@ -105,10 +114,20 @@ class SuperResolution(nn.Module):
         pad_h, pad_w = (-h) % p, (-w) % p
         padded = F.pad(lr_B1hw, (0, pad_w, 0, pad_h), mode="replicate")
         tokens_BLD, grid = self.encoder.patchify(padded)
-        tokens_BLD = self.encoder.forward_tokens(tokens_BLD)[:, 1:]
-        B, L, D = tokens_BLD.shape
-        token_map = tokens_BLD.transpose(1, 2).reshape(B, D, *grid)
-        token_pixels = self.tokens_to_pixels(token_map)[..., :h, :w]
+        # tokens_to_pixels[0] is a 1x1 convolution: a linear map of each token, applied here to
+        # the encoder's tokens only; a sky token is 0, so its pixels are that map's bias.
+        to_pixels = self.tokens_to_pixels[0]
+        weight_FD, bias_F = to_pixels.weight.flatten(1), to_pixels.bias
+        if self.token_keep < 1:
+            kept_BK = brightest_patches(padded, p, self.token_keep)
+            kept_BKD = self.encoder.forward_tokens(gather_rows(tokens_BLD, kept_BK))[:, 1:]
+            pixels_BKF = F.linear(kept_BKD, weight_FD, bias_F)
+            pixels_BLF = scatter_rows(pixels_BKF, kept_BK, tokens_BLD.shape[1], fill_D=bias_F)
+        else:
+            pixels_BLF = F.linear(self.encoder.forward_tokens(tokens_BLD)[:, 1:], weight_FD, bias_F)
+        B, L, Fp = pixels_BLF.shape
+        pixel_map = pixels_BLF.transpose(1, 2).reshape(B, Fp, *grid)
+        token_pixels = F.pixel_shuffle(pixel_map, p)[..., :h, :w]
         x = torch.cat([token_pixels, self.image_features(lr_B1hw)], dim=1)
         residual = self.upsample(self.refine(x))
         bicubic = F.interpolate(

@@ -17,6 +17,7 @@ from lensperf.models.vit import (
     _init_weights,
     brightest_patches,
     gather_rows,
+    scatter_rows,
     sincos_positions,
 )
 
@@ -134,8 +135,6 @@ class MAE(nn.Module):
         mask_f = mask_BL.float()
         loss = (per_patch_BL * mask_f).sum() / mask_f.sum().clamp(min=1.0)
         if kept_BS is not None:  # back on the full grid, for whoever draws the reconstructions
-            pred_BLK = pred_BLK.new_zeros(B, L, pred_BLK.shape[-1]).scatter(
-                1, kept_BS[..., None].expand_as(pred_BLK), pred_BLK
-            )
+            pred_BLK = scatter_rows(pred_BLK, kept_BS, L)
             mask_BL = mask_BL.new_ones(B, L).scatter(1, kept_BS, mask_BL)
         return loss, pred_BLK, mask_BL

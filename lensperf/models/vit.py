@@ -89,6 +89,17 @@ def gather_rows(x_BLD: Tensor, ids_BK: Tensor) -> Tensor:
     return x_BLD.gather(1, ids_BK[..., None].expand(*ids_BK.shape, x_BLD.shape[-1]))
 
 
+def scatter_rows(x_BKD: Tensor, ids_BK: Tensor, rows: int, fill_D: Tensor | None = None) -> Tensor:
+    """(B, rows, D) with row ids_BK[b, k] set to x_BKD[b, k]: gather_rows undone, the rows not
+    gathered set to fill_D (0 if None)."""
+    B, _, D = x_BKD.shape
+    if fill_D is None:
+        base_BRD = x_BKD.new_zeros(B, rows, D)
+    else:
+        base_BRD = fill_D.to(x_BKD.dtype).expand(B, rows, D)
+    return base_BRD.scatter(1, ids_BK[..., None].expand_as(x_BKD), x_BKD)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()

@@ -139,6 +139,9 @@ class FinetuneSRConfig:
     pretrained: str = ""
     encoder: ViTConfig = field(default_factory=ViTConfig)
     features: int = 48
+    # The encoder sees this fraction of the LR image's patches, the brightest (the arc); the
+    # convolutional path still sees every pixel. 1 keeps every patch.
+    token_keep: float = 1.0
     data: DataConfig = field(
         default_factory=lambda: DataConfig(store="data/sr.zarr", batch_size=32)
     )
@@ -148,3 +151,4 @@ class FinetuneSRConfig:
     def __post_init__(self):
         _check_schedule(self)
         require(self.features >= 4, "features", "must be at least 4")
+        require(0 < self.token_keep <= 1, "token_keep", "must be in (0, 1]")

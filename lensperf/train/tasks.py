@@ -198,7 +198,10 @@ class SuperResolutionTask(_FinetuneTask):
 
     def build_model(self, encoder: ViTConfig | None = None) -> SuperResolution:
         return SuperResolution(
-            self.encoder(encoder), factor=self.FACTOR, features=self.config.features
+            self.encoder(encoder),
+            factor=self.FACTOR,
+            features=self.config.features,
+            token_keep=self.config.token_keep,
         )
 
     def loss(self, model, batch) -> torch.Tensor:
