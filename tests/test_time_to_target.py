@@ -4,8 +4,11 @@ stage end to end (its --dry-run: CPU, tiny sizes), the three routes included."""
 import json
 import subprocess
 
+import pytest
+
 from lensperf.bench.time_to_target import Route, Stage, amortised, crossings, run_route
 from lensperf.simulate.runner import simulate_classification
+from lensperf.train.run import score
 
 from .conftest import ROOT
 
@@ -43,6 +46,11 @@ def test_a_second_bench_run_replaces_the_first_in_its_work_folder(tmp_path, mode
     first = run_route(route, store, tmp_path / "work")
     again = run_route(route, store, tmp_path / "work")  # refused as "holds a run" before
     assert len(again["curve"]) == len(first["curve"]) == 1
+    # the D4-averaged score is of the weights of the curve's last point, at the run's precision
+    final_weights = tmp_path / "work" / "cnn" / "finetune_cls" / "checkpoint.pt"
+    assert score(final_weights, store)["auc_macro"] == pytest.approx(again["final"]["auc_macro"])
+    averaged = score(final_weights, store, tta=True)
+    assert again["final_tta"] == {k: averaged[k] for k in ("accuracy", "auc_macro")}
 
 
 def test_gpu_check_dry_run_runs_every_stage(tmp_path):

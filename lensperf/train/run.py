@@ -12,7 +12,7 @@ from lensperf.atomic import atomic_folder
 from lensperf.config import load_config
 from lensperf.data import make_loader
 from lensperf.errors import ConfigError, DataError
-from lensperf.runtime import resolve_device
+from lensperf.runtime import autocast_dtype, resolve_device
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.tasks import TASKS, model_from_checkpoint
 from lensperf.train.trainer import Trainer
@@ -47,6 +47,32 @@ def evaluate(
 ) -> dict:  # fmt: skip
     """Metrics and report of a checkpoint on a split of the store `data`; a classifier's with
     `tta` on the mean over the 8 symmetries of each image."""
+    task, model, loader = _loaded(checkpoint, data, split, tta)
+    suffix = "" if split == "val" else f"-{split}"
+    out = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(data).stem}{suffix}"
+    with atomic_folder(out) as report, torch.no_grad():
+        metrics = task.evaluate(model, loader)
+        task.report(model, loader, {"train": [], "eval": []}, report)
+        metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data),
+                   "split": split, "tta": tta, **metrics}  # fmt: skip
+        (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def score(
+    checkpoint: str | Path, data: str | Path, *, split: str = "val", tta: bool = False
+) -> dict:
+    """The metrics alone, under the run's own precision (its evaluations' autocast): no
+    report, nothing written."""
+    task, model, loader = _loaded(checkpoint, data, split, tta)
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(task.config.runtime.precision, device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                         enabled=dtype is not None):  # fmt: skip
+        return task.evaluate(model, loader)
+
+
+def _loaded(checkpoint, data, split: str, tta: bool):
     state = load_checkpoint(checkpoint)
     task, model = model_from_checkpoint(state)
     if tta:
@@ -59,12 +85,4 @@ def evaluate(
                          device=device, kind=task.store_kind)  # fmt: skip
     if len(loader) == 0:
         raise DataError(f"{data} has no {split} samples")
-    suffix = "" if split == "val" else f"-{split}"
-    out = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(data).stem}{suffix}"
-    with atomic_folder(out) as report, torch.no_grad():
-        metrics = task.evaluate(model, loader)
-        task.report(model, loader, {"train": [], "eval": []}, report)
-        metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data),
-                   "split": split, "tta": tta, **metrics}  # fmt: skip
-        (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return task, model, loader
