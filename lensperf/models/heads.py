@@ -125,7 +125,7 @@ class SuperResolution(nn.Module):
             pixels_BLF = scatter_rows(pixels_BKF, kept_BK, tokens_BLD.shape[1], fill_D=bias_F)
         else:
             pixels_BLF = F.linear(self.encoder.forward_tokens(tokens_BLD)[:, 1:], weight_FD, bias_F)
-        B, L, Fp = pixels_BLF.shape
+        B, _, Fp = pixels_BLF.shape
         pixel_map = pixels_BLF.transpose(1, 2).reshape(B, Fp, *grid)
         token_pixels = F.pixel_shuffle(pixel_map, p)[..., :h, :w]
         x = torch.cat([token_pixels, self.image_features(lr_B1hw)], dim=1)
