@@ -73,7 +73,7 @@ def modes(device: torch.device, *, reference: bool) -> list[Mode]:
 def recipe_token_keep(task: str) -> float:
     """The fraction of patches the `cpu` recipe of `task` passes through its encoder."""
     config = load_config(TASKS[task].config_type, preset(task, "cpu"))
-    return config.model.token_keep if task == "pretrain" else getattr(config, "token_keep", 1.0)
+    return config.model.token_keep if task == "pretrain" else config.token_keep
 
 
 def _with_token_keep(config, keep: float):

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lensperf.models.vit import ViTEncoder, brightest_patches, gather_rows, scatter_rows
+from lensperf.models.vit import (
+    ViTEncoder,
+    brightest_patches,
+    check_token_keep,
+    gather_rows,
+    scatter_rows,
+)
 
 
 class Classifier(nn.Module):
@@ -26,11 +32,9 @@ class Classifier(nn.Module):
         token_keep: float = 1.0,
     ):
         super().__init__()
-        if not 0 < token_keep <= 1:
-            raise ValueError(f"token_keep must be in (0, 1], got {token_keep}")
         self.encoder = encoder
         self.linear_probe = linear_probe
-        self.token_keep = token_keep
+        self.token_keep = check_token_keep(token_keep)
         dim = encoder.config.dim
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
         if linear_probe:
@@ -83,11 +87,9 @@ class SuperResolution(nn.Module):
         self, encoder: ViTEncoder, factor: int = 2, features: int = 48, token_keep: float = 1.0
     ):
         super().__init__()
-        if not 0 < token_keep <= 1:
-            raise ValueError(f"token_keep must be in (0, 1], got {token_keep}")
         self.encoder = encoder
         self.factor = factor
-        self.token_keep = token_keep
+        self.token_keep = check_token_keep(token_keep)
         p, dim = encoder.config.patch_size, encoder.config.dim
         self.tokens_to_pixels = nn.Sequential(
             nn.Conv2d(dim, features * p * p, kernel_size=1), nn.PixelShuffle(p)

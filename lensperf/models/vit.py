@@ -84,6 +84,13 @@ def brightest_patches(images_BCHW: Tensor, patch_size: int, keep: float) -> Tens
     return flux_BL.topk(max(1, round(flux_BL.shape[1] * keep)), dim=1, sorted=False).indices
 
 
+def check_token_keep(keep: float) -> float:
+    """`keep` if it is a fraction of patches a model can keep, (0, 1]; else a ValueError."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"token_keep must be in (0, 1], got {keep}")
+    return keep
+
+
 def gather_rows(x_BLD: Tensor, ids_BK: Tensor) -> Tensor:
     """(B, K, D): rows ids_BK of each sample of x_BLD."""
     return x_BLD.gather(1, ids_BK[..., None].expand(*ids_BK.shape, x_BLD.shape[-1]))
