@@ -27,6 +27,7 @@ from lensperf.data.augment import symmetric_view
 from lensperf.models import MAE, Classifier, SuperResolution
 from lensperf.models.resnet import ResNet
 from lensperf.presets import resolve_config
+from lensperf.runtime import run_autocast
 from lensperf.store import CLASSES, open_store, read_rows
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.encoder_io import load_encoder
@@ -82,10 +83,12 @@ def build_model(task: str, config, overrides=()) -> nn.Module:
 def load_model(checkpoint) -> nn.Module:
     """The model of any lensperf checkpoint (checkpoint.pt, best.pt, ema.pt), in eval mode on
     the CPU. `model.preprocessing` says how its training images were made from their files;
-    predict, embed and upscale apply it to the images they are given."""
+    predict, embed and upscale apply it to the images they are given, and run at
+    `model.precision`, the run's `runtime.precision` (as `lensperf predict` does)."""
     state = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(state)[1].eval()
-    model.preprocessing = state.get("preprocessing", {})
+    task, model = model_from_checkpoint(state)
+    model.eval().preprocessing = state.get("preprocessing", {})
+    model.precision = task.config.runtime.precision
     return model
 
 
@@ -108,15 +111,22 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _precision(model: nn.Module) -> torch.autocast:
+    """Autocast at a loaded model's training precision; fp32 for a model built here."""
+    return run_autocast(getattr(model, "precision", "fp32"), _device(model))
+
+
 @torch.no_grad()
 def embed(model: nn.Module, images) -> torch.Tensor:
     """(B, D) embeddings: a classifier's features before its head, or the mean patch token of
     a model's ViT encoder (or of an encoder itself)."""
     x = _images(images, model)
     if hasattr(model, "embed"):
-        return model.embed(x)
+        with _precision(model):
+            return model.embed(x).float()
     encoder = model.encoder if hasattr(model, "encoder") else model
-    return encoder(x)[:, 1:].mean(dim=1)
+    with _precision(model):
+        return encoder(x)[:, 1:].mean(dim=1).float()
 
 
 @torch.no_grad()
@@ -127,7 +137,9 @@ def predict(model: nn.Module, images, *, tta: bool = False) -> torch.Tensor:
         raise TypeError("predict needs a classifier (a finetune_cls checkpoint)")
     x = _images(images, model)
     views = range(8) if tta else range(1)
-    return torch.stack([model(symmetric_view(x, v)).float().softmax(1) for v in views]).mean(0)
+    with _precision(model):
+        probs = [model(symmetric_view(x, v)).float().softmax(1) for v in views]
+    return torch.stack(probs).mean(0)
 
 
 @torch.no_grad()
@@ -135,7 +147,8 @@ def upscale(model: SuperResolution, lr_images) -> torch.Tensor:
     """(B, 1, 2h, 2w) super-resolved images in [0, 1]."""
     if not isinstance(model, SuperResolution):
         raise TypeError("upscale needs a super-resolution model (a finetune_sr checkpoint)")
-    return model(_images(lr_images, model)).clamp(0, 1)
+    with _precision(model):
+        return model(_images(lr_images, model)).float().clamp(0, 1)
 
 
 def reconstruct(model: MAE, images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -4,9 +4,10 @@ Inputs: image files (.npy or FITS), folders of them (searched recursively) and s
 (`STORE.zarr` or `STORE.zarr:split`, every image of the split; val by default). The model's
 checkpoint says how its training images were made (`preprocessing`: per-image min-max scaling,
 image size), and every input is made the same way, so raw files predict as the training data
-did. A classifier writes one CSV row per image (path, p_no_sub, p_cdm, p_axion, predicted); an
-SR model writes each upscaled image under the input's name and format into a folder. Images go
-through in batches; outputs appear whole or not at all.
+did, at the precision the model was trained at (its `runtime.precision`). A classifier writes
+one CSV row per image (path, p_no_sub, p_cdm, p_axion, predicted); an SR model writes each
+upscaled image under the input's name and format into a folder. Images go through in batches;
+outputs appear whole or not at all.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from lensperf.atomic import atomic_file, atomic_folder
 from lensperf.data.augment import symmetric_view
 from lensperf.errors import DataError
 from lensperf.progress import progress
-from lensperf.runtime import resolve_device
+from lensperf.runtime import resolve_device, run_autocast
 from lensperf.store import CLASSES, LAYOUTS, SPLITS, open_store, read_rows, split_length
 from lensperf.store.image_files import BadFile, image_files, is_image_file, minmax, read_image
 from lensperf.train.checkpoint import load_checkpoint
@@ -144,7 +145,8 @@ def predict(
     sources = expand_inputs(inputs)
     reader = _Reader(state.get("preprocessing", {}), task.name)
     report = PredictReport(out=out, task=task.name)
-    with progress(total=len(sources), desc="predict", unit="img") as bar:
+    precision = run_autocast(task.config.runtime.precision, device)  # as it was trained
+    with progress(total=len(sources), desc="predict", unit="img") as bar, precision:
         batches = _batches(sources, reader, batch_size, skip_bad, report, bar)
         if task.name == "finetune_cls":
             _classify(model, batches, out, tta, report, device)

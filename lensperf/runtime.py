@@ -49,3 +49,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if native_bf16(device):
         return torch.bfloat16
     return torch.float16 if device.type == "cuda" else None
+
+
+def run_autocast(precision: str, device: torch.device) -> torch.autocast:
+    """Autocast at a run's `runtime.precision` on `device` (off for fp32). Training uses it, and
+    so do evaluation and prediction from a checkpoint: a model is scored and applied at the
+    precision it was trained and selected at. That matters for a batch-norm network: the ResNet
+    baseline's accuracy can move by several points between bf16 and fp32 (docs/recipes.md)."""
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

@@ -124,6 +124,41 @@ def test_evaluate_with_tta_scores_what_predict_with_tta_predicts(classifier, raw
             assert metrics[key] == pytest.approx(expected[key], abs=1e-5), (tta, key)
 
 
+def test_predict_and_evaluate_run_at_the_precision_the_model_was_trained_at(classifier, tmp_path):
+    """The same weights saved as a bf16 run and as an fp32 run: `lensperf predict`, `lensperf
+    evaluate` and the API apply each at its own precision (a batch-norm network's accuracy can
+    move by points between the two)."""
+    from lensperf.train.checkpoint import save_checkpoint
+    from lensperf.train.metrics import classification_metrics
+
+    state = load_checkpoint(classifier["run"] / "checkpoint.pt")
+    store = classifier["store"]
+    images = torch.from_numpy(open_store(store)["val/images"][:])
+    probs = {}
+    for precision in ("bf16", "fp32"):
+        state["config"]["runtime"]["precision"] = precision
+        checkpoint = save_checkpoint(state, tmp_path / f"{precision}.pt")
+        out = tmp_path / f"{precision}.csv"
+        assert run_cli("predict", "--checkpoint", checkpoint, f"{store}:val", "--out",
+                       out).returncode == 0  # fmt: skip
+        probs[precision] = np.array([[float(r[f"p_{c}"]) for c in api.CLASSES] for r in _rows(out)])
+        model = api.load_model(checkpoint)
+        assert model.precision == precision
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                             enabled=precision == "bf16"):  # fmt: skip
+            expected = model(images).float().softmax(1).numpy()
+        np.testing.assert_allclose(probs[precision], expected, atol=2e-6)
+        np.testing.assert_allclose(api.predict(model, images).numpy(), expected, atol=2e-6)
+        result = run_cli("evaluate", "--checkpoint", checkpoint, "--data", store, "--out",
+                         tmp_path / f"eval-{precision}")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads((tmp_path / f"eval-{precision}" / "metrics.json").read_text())
+        labels = torch.from_numpy(open_store(store)["val/labels"][:])
+        want = classification_metrics(torch.from_numpy(expected).log(), labels)["auc_macro"]
+        assert metrics["auc_macro"] == pytest.approx(want, abs=1e-6)
+    assert np.abs(probs["bf16"] - probs["fp32"]).max() > 1e-4  # the two really differ
+
+
 def test_a_bad_file_stops_predict_or_is_skipped(classifier, raw_tree, tmp_path):
     tree = Path(shutil.copytree(raw_tree, tmp_path / "tree"))
     bad = tree / "cdm" / "broken.npy"

@@ -12,7 +12,7 @@ from lensperf.atomic import atomic_folder
 from lensperf.config import load_config
 from lensperf.data import make_loader
 from lensperf.errors import ConfigError, DataError
-from lensperf.runtime import autocast_dtype, resolve_device
+from lensperf.runtime import resolve_device, run_autocast
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.tasks import TASKS, model_from_checkpoint
 from lensperf.train.trainer import Trainer
@@ -45,12 +45,18 @@ def evaluate(
     checkpoint: str | Path, data: str | Path, out: str | Path | None = None, *,
     split: str = "val", tta: bool = False,
 ) -> dict:  # fmt: skip
-    """Metrics and report of a checkpoint on a split of the store `data`; a classifier's with
-    `tta` on the mean over the 8 symmetries of each image."""
+    """Metrics and report of a checkpoint on a split of the store `data`, at the run's precision
+    (its `runtime.precision`, as in its training evaluations); a classifier's with `tta` on the
+    mean over the 8 symmetries of each image."""
     task, model, loader = _loaded(checkpoint, data, split, tta)
     suffix = "" if split == "val" else f"-{split}"
     out = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(data).stem}{suffix}"
-    with atomic_folder(out) as report, torch.no_grad():
+    device = next(model.parameters()).device
+    with (
+        atomic_folder(out) as report,
+        torch.no_grad(),
+        run_autocast(task.config.runtime.precision, device),
+    ):
         metrics = task.evaluate(model, loader)
         task.report(model, loader, {"train": [], "eval": []}, report)
         metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data),
@@ -66,9 +72,7 @@ def score(
     report, nothing written."""
     task, model, loader = _loaded(checkpoint, data, split, tta)
     device = next(model.parameters()).device
-    dtype = autocast_dtype(task.config.runtime.precision, device)
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                         enabled=dtype is not None):  # fmt: skip
+    with torch.no_grad(), run_autocast(task.config.runtime.precision, device):
         return task.evaluate(model, loader)
 
 

@@ -31,7 +31,7 @@ from lensperf.data import make_loader
 from lensperf.errors import LensperfError
 from lensperf.models import ops
 from lensperf.progress import progress
-from lensperf.runtime import autocast_dtype, resolve_device
+from lensperf.runtime import autocast_dtype, resolve_device, run_autocast
 from lensperf.store import open_store, preprocessing
 from lensperf.train.batch_norm import (
     RECALIBRATION_BATCHES,
@@ -299,8 +299,7 @@ class Trainer:
         return loss, grad_norm
 
     def _autocast(self):
-        dtype = self.amp_dtype or torch.float32
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
+        return run_autocast(self.config.runtime.precision, self.device)
 
     def _log_step(self, loss, lr: float, grad_norm, bar) -> None:
         started, images = self._window
