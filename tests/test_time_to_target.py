@@ -1,12 +1,25 @@
-"""The time-to-target bench finds crossings on recorded curves, and the GPU check runs every
-stage end to end (its --dry-run: CPU, tiny sizes), the three routes included."""
+"""The time-to-target bench finds crossings on recorded curves, repeats the deciding routes with
+more seeds, and the GPU check runs every stage end to end (its --dry-run: CPU, tiny sizes), the
+three routes included."""
 
 import json
+import statistics
 import subprocess
 
 import pytest
+import yaml
 
-from lensperf.bench.time_to_target import Route, Stage, amortised, crossings, run_route
+from lensperf.bench.tables import seeds_section
+from lensperf.bench.time_to_target import (
+    Route,
+    Stage,
+    amortised,
+    crossings,
+    routes,
+    run_route,
+    seed_medians,
+    seed_repeats,
+)
 from lensperf.simulate.runner import simulate_classification
 from lensperf.train.run import score
 
@@ -51,6 +64,45 @@ def test_a_second_bench_run_replaces_the_first_in_its_work_folder(tmp_path, mode
     assert score(final_weights, store)["auc_macro"] == pytest.approx(again["final"]["auc_macro"])
     averaged = score(final_weights, store, tta=True)
     assert again["final_tta"] == {k: averaged[k] for k in ("accuracy", "auc_macro")}
+
+
+def test_seed_medians_count_the_seeds_that_reached_a_target():
+    ends = ((60.0, 0.99, 0.9990), (None, 0.97, 0.9999), (120.0, 0.98, 0.9995))
+    runs = [{"time_to_accuracy": {"0.98": {"train_s": t} if t else None},
+             "final": {"accuracy": a, "auc_macro": u}, "final_tta": {"accuracy": a, "auc_macro": u}}
+            for t, a, u in ends]  # fmt: skip
+    medians = seed_medians(runs)
+    assert medians["time_to_accuracy"]["0.98"] == {"train_s": 90.0, "reached": 2}
+    assert medians["final"] == {"accuracy": 0.98, "auc_macro": 0.9995}
+
+
+def test_seed_repeats_train_the_fine_tune_and_the_resnet_again_with_new_seeds(
+    tmp_path, model_ii_config
+):
+    store = simulate_classification(model_ii_config("n_per_class=12"), tmp_path / "c.zarr")
+    work, extra = tmp_path / "work", ("runtime.eval_every=0.5",)
+    tiny = {
+        "pretrain": ["epochs=1", "model.encoder.dim=32", "model.encoder.heads=2",
+                     "model.encoder.depth=1", "model.decoder_dim=32", "model.decoder_depth=1"],
+        "finetune_cls": ["epochs=1", "resnet.widths=[4,8]", "resnet.blocks=[1,1]"],
+    }  # fmt: skip
+    main = {r.name: run_route(r, store, work, tiny) for r in routes("demo", extra)
+            if r.name != "vit_scratch"}  # fmt: skip
+    main["mae_finetune"] = amortised(main["mae"])
+    repeats = seed_repeats(main, "demo", store, work, extra, tiny, seeds=2)
+    assert set(repeats) == {"mae_finetune", "cnn"}
+    for name, repeat in repeats.items():
+        assert [run["seed"] for run in repeat["seeds"]] == [0, 1]
+        assert repeat["seeds"][0]["final"] == main[name]["final"]  # seed 0 is the main run
+        config = yaml.safe_load((work / f"{name}_seed1" / "finetune_cls" / "config.yaml").open())
+        assert config["runtime"]["seed"] == 1
+        finals = [run["final"]["accuracy"] for run in repeat["seeds"]]
+        assert repeat["median"]["final"]["accuracy"] == statistics.median(finals)
+    seeded_fine_tune = work / "mae_finetune_seed1" / "finetune_cls" / "config.yaml"
+    encoder = work / "mae" / "pretrain" / "checkpoint.pt"
+    assert yaml.safe_load(seeded_fine_tune.open())["pretrained"] == str(encoder)
+    table = seeds_section(repeats)
+    assert sum("**median**" in line for line in table) == 2 and "### Over 2 seeds" in table
 
 
 def test_gpu_check_dry_run_runs_every_stage(tmp_path):

@@ -140,6 +140,7 @@ def run_bench(
     with_time_to_target: bool,
     store: Path | None = None,
     sr_store: Path | None = None,
+    seeds: int = 1,
 ) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = Settings(quick=quick, device=device)
@@ -152,7 +153,7 @@ def run_bench(
         results["loader_images_per_s"] = loader_rate(settings, Path(tmp))
         if with_time_to_target:
             results["time_to_target"] = run_time_to_target(
-                Path(tmp), quick=quick, store=store, sr_store=sr_store
+                Path(tmp), quick=quick, store=store, sr_store=sr_store, seeds=seeds
             )
     profile_step(settings, out / "profile.txt")
     results["summary"] = summarize(results)

@@ -132,7 +132,40 @@ def time_to_target_section(t: dict) -> list[str]:
             f"in {sr['train_seconds'] / 60:.1f} min (targets: PSNR >= {sr['targets']['psnr']}, "
             f"SSIM >= {sr['targets']['ssim']}, >= +{sr['targets']['psnr_gain_db']} dB).",
         ]
+    if t.get("seeds"):
+        lines += ["", *seeds_section(t["seeds"])]
     return lines + ["", "Curves: time_to_accuracy.png.", ""]
+
+
+def seeds_section(repeats: dict) -> list[str]:
+    """The fine-tune and the ResNet over several seeds, each seed's row and the medians."""
+    first = next(iter(repeats.values()))
+    targets, n = list(first["median"]["time_to_accuracy"]), len(first["seeds"])
+    lines = [
+        f"### Over {n} seeds",
+        "",
+        f"The fine-tune (from the route's encoder) and the ResNet with `runtime.seed` 0 to "
+        f"{n - 1}, one after another; seed 0 is the run above. A median crossing is over the "
+        "seeds that reached it (how many, in brackets).",
+        "",
+        "| route | seed | " + " | ".join(f"acc {x}" for x in targets)
+        + " | final accuracy / macro AUC | final, D4-averaged |",
+        "|---" * (len(targets) + 4) + "|",
+    ]  # fmt: skip
+
+    def row(label, seed, cells, final, tta):
+        ends = [f"{e['accuracy']:.4f} / {e['auc_macro']:.6f}" if e else "-" for e in (final, tta)]
+        return f"| {label} | {seed} | " + " | ".join([*cells, *ends]) + " |"
+
+    for r in repeats.values():
+        for run in r["seeds"]:
+            cells = [_minutes(run["time_to_accuracy"][x]) for x in targets]
+            lines.append(row(r["label"], run["seed"], cells, run["final"], run["final_tta"]))
+        m = r["median"]
+        crossings = (m["time_to_accuracy"][x] for x in targets)
+        cells = [f"{_minutes(c if c['reached'] else None)} ({c['reached']})" for c in crossings]
+        lines.append(row(r["label"], "**median**", cells, m["final"], m["final_tta"]))
+    return lines
 
 
 def plot_time_to_accuracy(t: dict, path: Path) -> None:

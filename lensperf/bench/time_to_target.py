@@ -7,11 +7,15 @@ A route is a list of training stages; every stage's training clock counts (the t
     pretraining amortised over every fine-tune, is reported too, as `mae_finetune`);
   * `vit_scratch`: lensperf's ViT classifier trained from scratch (what pretraining buys);
   * `cnn`: the supervised ResNet baseline with its own recipe.
+With `seeds` > 1 the two routes whose end points decide the comparison, the amortised fine-tune
+(from the same encoder) and the ResNet, run again with `runtime.seed` 1, 2, ...: at 0.999
+accuracy a few images decide a gap, so their medians are the comparison.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,7 @@ STORE_SIZE = {"cpu": 12000, "demo": 400}
 SR_PAIRS = {"cpu": 4000, "demo": 200}
 EVAL_EVERY = {"cpu": 0.25, "demo": 0.5}
 CNN_PRESET = {"cpu": "cnn", "demo": "cnn_demo"}
+SEEDED_ROUTES = ("mae_finetune", "cnn")  # the routes `seeds` repeats
 
 
 @dataclass(frozen=True)
@@ -143,13 +148,61 @@ def amortised(result: dict) -> dict:
             "final_tta": result.get("final_tta")}  # fmt: skip
 
 
+def seed_repeats(routes_run: dict, recipe: str, store: Path, workdir: Path, extra: tuple,
+                 overrides: dict | None, seeds: int) -> dict:  # fmt: skip
+    """The SEEDED_ROUTES among `routes_run` (the main run's, seed 0) trained again with
+    `runtime.seed` 1 .. seeds - 1, one after another: per route each seed's crossings and end
+    point, and their medians."""
+    encoder = workdir / "mae" / "pretrain" / "checkpoint.pt"
+    stage_of = {
+        "mae_finetune": Stage("finetune_cls", recipe, (*extra, f"pretrained={encoder}")),
+        "cnn": Stage("finetune_cls", CNN_PRESET[recipe], extra),
+    }
+    repeats = {}
+    for name in (n for n in SEEDED_ROUTES if n in routes_run):
+        runs = [{"seed": 0, **routes_run[name]}]
+        stage = stage_of[name]
+        for seed in range(1, seeds):
+            seeded = Stage(stage.task, stage.preset, (*stage.overrides, f"runtime.seed={seed}"))
+            route = Route(f"{name}_seed{seed}", routes_run[name]["label"], (seeded,))
+            runs.append({"seed": seed, **run_route(route, store, workdir, overrides)})
+        by_seed = [
+            {k: r[k] for k in ("seed", "time_to_accuracy", "final", "final_tta")} for r in runs
+        ]
+        repeats[name] = {"label": routes_run[name]["label"], "seeds": by_seed,
+                         "median": seed_medians(by_seed)}  # fmt: skip
+    return repeats
+
+
+def seed_medians(runs: list[dict]) -> dict:
+    """Medians over seeds: training seconds to each accuracy target (over the seeds that reached
+    it, with how many did), and the final and D4-averaged accuracy and macro AUC."""
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    targets = runs[0]["time_to_accuracy"]
+    crossing = [[r["time_to_accuracy"][t] for r in runs] for t in targets]
+    return {
+        "time_to_accuracy": {t: {
+            "train_s": median(point and point["train_s"] for point in points),
+            "reached": sum(point is not None for point in points),
+        } for t, points in zip(targets, crossing)},
+        "final": {k: median(r["final"][k] for r in runs) for k in ("accuracy", "auc_macro")},
+        "final_tta": {k: median(r["final_tta"][k] for r in runs if r.get("final_tta"))
+                      for k in ("accuracy", "auc_macro")},
+    }  # fmt: skip
+
+
 def run_time_to_target(
     workdir: Path, *, quick: bool, store: Path | None = None, sr_store: Path | None = None,
-    overrides: dict | None = None, store_size: int | None = None,
+    overrides: dict | None = None, store_size: int | None = None, seeds: int = 1,
 ) -> dict:  # fmt: skip
     """Every route on one classification store (simulated into `workdir` if not given), then an
     SR fine-tune from the MAE route's encoder. `quick` runs the demo recipes on small stores;
-    `overrides` (task -> list) and `store_size` shrink a run further (the GPU check's dry run)."""
+    `overrides` (task -> list) and `store_size` shrink a run further (the GPU check's dry run);
+    `seeds` > 1 repeats the fine-tune and the ResNet with more seeds (seed_repeats)."""
     recipe = "demo" if quick else "cpu"
     if not store:
         store = _simulate(workdir / "model_ii.zarr", recipe, sr=False, size=store_size)
@@ -160,6 +213,9 @@ def run_time_to_target(
         results["routes"][route.name] = outcome
         if len(route.stages) > 1:
             results["routes"][f"{route.name}_finetune"] = amortised(outcome)
+    if seeds > 1:
+        results["seeds"] = seed_repeats(results["routes"], recipe, store, workdir, extra,
+                                        overrides, seeds)  # fmt: skip
     if not sr_store:
         sr_store = _simulate(workdir / "sr.zarr", recipe, sr=True, size=store_size)
     results["sr"] = _super_resolution(recipe, Path(sr_store), workdir, overrides)
