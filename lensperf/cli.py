@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-to-target", action="store_true",
         help="also train the three routes to a classifier (lensperf's MAE route, its ViT from "
         "scratch, a ResNet baseline) on one store and time them to accuracy 0.90/0.95/0.97/0.98; "
-        "the cpu recipes take about 1.5 hours on 2 cores, --quick the demo ones in minutes",
+        "the cpu recipes take about 55 minutes on 2 cores, --quick the demo ones in minutes",
     )  # fmt: skip
     p.add_argument(
         "--store", type=Path,
