@@ -52,9 +52,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def run_autocast(precision: str, device: torch.device) -> torch.autocast:
-    """Autocast at a run's `runtime.precision` on `device` (off for fp32). Training uses it, and
-    so do evaluation and prediction from a checkpoint: a model is scored and applied at the
-    precision it was trained and selected at. That matters for a batch-norm network: the ResNet
-    baseline's accuracy can move by several points between bf16 and fp32 (docs/recipes.md)."""
-    dtype = autocast_dtype(precision, device)
+    """Autocast at a run's `runtime.precision` on `device` (off for fp32), as in training (which
+    resolves the dtype once and uses autocast_as). Evaluation and prediction from a checkpoint
+    use it, so a model is scored and applied at the precision it was trained and selected at.
+    That matters for a batch-norm network: the ResNet baseline's accuracy can move by several
+    points between bf16 and fp32 (docs/recipes.md)."""
+    return autocast_as(autocast_dtype(precision, device), device)
+
+
+def autocast_as(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
+    """Autocast to an already resolved `dtype` (None: off, fp32)."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

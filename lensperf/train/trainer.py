@@ -31,7 +31,7 @@ from lensperf.data import make_loader
 from lensperf.errors import LensperfError
 from lensperf.models import ops
 from lensperf.progress import progress
-from lensperf.runtime import autocast_dtype, resolve_device, run_autocast
+from lensperf.runtime import autocast_as, autocast_dtype, resolve_device
 from lensperf.store import open_store, preprocessing
 from lensperf.train.batch_norm import (
     RECALIBRATION_BATCHES,
@@ -298,8 +298,8 @@ class Trainer:
             self.ema.update(self.model)
         return loss, grad_norm
 
-    def _autocast(self):
-        return run_autocast(self.config.runtime.precision, self.device)
+    def _autocast(self):  # every step: the dtype resolved once, in __init__
+        return autocast_as(self.amp_dtype, self.device)
 
     def _log_step(self, loss, lr: float, grad_norm, bar) -> None:
         started, images = self._window
