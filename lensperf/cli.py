@@ -115,7 +115,9 @@ def _train_command(task: str, section: str):
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from lensperf.train.run import evaluate
 
-    metrics = evaluate(args.checkpoint, args.data, args.out, split=args.split, tta=args.tta)
+    metrics = evaluate(
+        args.checkpoint, args.data, args.out, split=args.split, tta=args.tta, shift=args.shift
+    )
     print(json.dumps(metrics, indent=2))
 
 
@@ -313,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta", action="store_true",
         help="a classifier: average over the 8 flips/rotations of each image",
+    )  # fmt: skip
+    p.add_argument(
+        "--shift", type=int, nargs=2, default=(0, 0), metavar=("DY", "DX"),
+        help="a classifier: move every image by DY rows and DX columns of pixels (wrapping "
+        "round), to see how much the model depends on where the lens sits; default: 0 0",
     )  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 

@@ -124,6 +124,27 @@ def test_evaluate_with_tta_scores_what_predict_with_tta_predicts(classifier, raw
             assert metrics[key] == pytest.approx(expected[key], abs=1e-5), (tta, key)
 
 
+def test_evaluate_with_a_shift_scores_the_rolled_images(classifier, tmp_path):
+    from lensperf.train.metrics import classification_metrics
+
+    checkpoint = classifier["run"] / "checkpoint.pt"
+    group = open_store(classifier["store"])
+    images, labels = group["val/images"][:], torch.from_numpy(group["val/labels"][:])
+    model = api.load_model(checkpoint)
+    for shift in ((0, 0), (2, -3)):
+        out = tmp_path / f"eval{shift[0]}"
+        result = run_cli("evaluate", "--checkpoint", checkpoint, "--data", classifier["store"],
+                         "--out", out, "--shift", *map(str, shift))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["shift"] == list(shift)
+        model.preprocessing = {}  # the store's images are scaled already
+        rolled = np.roll(images, shift, axis=(-2, -1))
+        expected = classification_metrics(api.predict(model, rolled).log(), labels)
+        assert metrics["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6), shift
+        assert metrics["auc_macro"] == pytest.approx(expected["auc_macro"], abs=1e-5), shift
+
+
 def test_predict_and_evaluate_run_at_the_precision_the_model_was_trained_at(classifier, tmp_path):
     """The same weights saved as a bf16 run and as an fp32 run: `lensperf predict`, `lensperf
     evaluate` and the API apply each at its own precision (a batch-norm network's accuracy can

@@ -1,6 +1,7 @@
 """The training features the recipes are built from: layer-wise lr decay, the weight average,
-batch-norm recalibration, test-time symmetry averaging, the convolutional stem, drop path, the
-model's own input standardisation, the ResNet baseline and fractional evaluation."""
+batch-norm recalibration, test-time symmetry averaging, random shifts, the convolutional stem,
+drop path, the model's own input standardisation, the ResNet baseline and fractional
+evaluation."""
 
 import json
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lensperf.config import load_config
-from lensperf.data.augment import SYMMETRIES, symmetric_view
+from lensperf.data.augment import SYMMETRIES, random_shift, symmetric_view
 from lensperf.errors import ConfigError
 from lensperf.models import MAE, Classifier, MAEConfig, SuperResolution, ViTConfig, ViTEncoder
 from lensperf.models.resnet import ResNet, ResNetConfig
@@ -105,6 +106,48 @@ def test_tta_averages_the_eight_views():
     out = task.predict(model, [{"image": flat, "label": torch.zeros(1).long()}])
     with torch.no_grad():
         torch.testing.assert_close(out["logits"].exp(), model(flat).softmax(-1))
+
+
+def _roll_of(moved: torch.Tensor, image: torch.Tensor, max_shift: int) -> tuple[int, int]:
+    """The (dy, dx) within max_shift by which `image` rolls onto `moved`; fails if none."""
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            if torch.equal(image.roll((dy, dx), dims=(-2, -1)), moved):
+                return dy, dx
+    raise AssertionError("not a roll of the image within the shift")
+
+
+def test_random_shift_rolls_each_image_by_its_own_offset_within_the_bound():
+    torch.manual_seed(0)
+    images = torch.rand(64, 2, 9, 7)
+    moved = random_shift(images, 2)
+    offsets = [_roll_of(m, im, 2) for m, im in zip(moved, images)]
+    assert len(set(offsets)) > 10  # per image, not one roll for the batch
+    assert {dy for dy, _ in offsets} == {dx for _, dx in offsets} == {-2, -1, 0, 1, 2}
+    assert torch.equal(random_shift(images, 0), images)
+
+
+def test_shift_moves_the_training_images_only(monkeypatch):
+    torch.manual_seed(0)
+    task = ClassifyTask(FinetuneClsConfig(encoder=SMALL, shift=3))
+    model = task.build_model()
+    seen = []
+
+    def forward(images):  # records what the model is given; logits of the right shape
+        seen.append(images)
+        return images.sum((1, 2, 3))[:, None].repeat(1, 3)
+
+    monkeypatch.setattr(model, "forward", forward)
+    batch = {"image": torch.rand(32, 1, 64, 64), "label": torch.zeros(32).long()}
+    model.train()
+    task.loss(model, batch)
+    model.eval()
+    task.loss(model, batch)
+    offsets = [_roll_of(m, im, 3) for m, im in zip(seen[0], batch["image"])]
+    assert any(o != (0, 0) for o in offsets)
+    assert torch.equal(seen[1], batch["image"])  # evaluation sees the images as they are
+    with pytest.raises(ConfigError, match="shift"):
+        FinetuneClsConfig(shift=-1)
 
 
 @pytest.mark.parametrize("stem", ["conv", "cnn"])

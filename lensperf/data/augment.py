@@ -40,6 +40,18 @@ def symmetric_view(images: torch.Tensor, code: int) -> torch.Tensor:
     return images.transpose(-1, -2) if code & 1 else images
 
 
+def random_shift(images_BCHW: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each image rolled by its own random whole number of pixels in [-max_shift, max_shift] on
+    each axis (from torch's generator; pixels leaving one edge come back at the other)."""
+    B, C, H, W = images_BCHW.shape
+    device = images_BCHW.device
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2, B, 1, 1, 1), device=device)
+    rows = (torch.arange(H, device=device).view(1, 1, H, 1) - dy) % H
+    cols = (torch.arange(W, device=device).view(1, 1, 1, W) - dx) % W
+    rolled = images_BCHW.gather(2, rows.expand(B, C, H, W))
+    return rolled.gather(3, cols.expand(B, C, H, W))
+
+
 def flag_codes(flags_B3: np.ndarray) -> np.ndarray:
     """Each image's flags as one code in [0, 8), the index into SYMMETRIES."""
     return flags_B3.astype(np.int64) @ np.array([4, 2, 1])

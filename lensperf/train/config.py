@@ -118,6 +118,10 @@ class FinetuneClsConfig:
     # is empty sky), in training and evaluation. 1 keeps every patch. arch=vit only.
     token_keep: float = 1.0
     tta: bool = False  # evaluate on the mean of the 8 symmetries of each image
+    # Training images are moved by a random whole number of pixels in [-shift, shift] on each
+    # axis (wrapping round; DeepLense images' edges are empty sky), so that the model does not
+    # key on where the simulator puts the lens. 0 disables it.
+    shift: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -125,6 +129,7 @@ class FinetuneClsConfig:
     def __post_init__(self):
         _check_schedule(self)
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        require(self.shift >= 0, "shift", "must be non-negative")
         require(0 < self.token_keep <= 1, "token_keep", "must be in (0, 1]")
         if self.arch == "resnet":
             require(not self.pretrained, "pretrained", "must be empty for arch=resnet")

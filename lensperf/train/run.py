@@ -13,6 +13,7 @@ from lensperf.config import load_config
 from lensperf.data import make_loader
 from lensperf.errors import ConfigError, DataError
 from lensperf.runtime import resolve_device, run_autocast
+from lensperf.store import CLASSIFICATION
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.tasks import TASKS, model_from_checkpoint
 from lensperf.train.trainer import Trainer
@@ -43,12 +44,13 @@ def train_config(
 
 def evaluate(
     checkpoint: str | Path, data: str | Path, out: str | Path | None = None, *,
-    split: str = "val", tta: bool = False,
+    split: str = "val", tta: bool = False, shift: tuple[int, int] = (0, 0),
 ) -> dict:  # fmt: skip
     """Metrics and report of a checkpoint on a split of the store `data`, at the run's precision
     (its `runtime.precision`, as in its training evaluations); a classifier's with `tta` on the
-    mean over the 8 symmetries of each image."""
-    task, model, loader = _loaded(checkpoint, data, split, tta)
+    mean over the 8 symmetries of each image, and with `shift` (dy, dx) on every image rolled
+    by that many pixels: how much the model depends on where the lens sits."""
+    task, model, loader = _loaded(checkpoint, data, split, tta, shift)
     suffix = "" if split == "val" else f"-{split}"
     out = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(data).stem}{suffix}"
     device = next(model.parameters()).device
@@ -60,7 +62,7 @@ def evaluate(
         metrics = task.evaluate(model, loader)
         task.report(model, loader, {"train": [], "eval": []}, report)
         metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data),
-                   "split": split, "tta": tta, **metrics}  # fmt: skip
+                   "split": split, "tta": tta, "shift": list(shift), **metrics}  # fmt: skip
         (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -76,17 +78,34 @@ def score(
         return task.evaluate(model, loader)
 
 
-def _loaded(checkpoint, data, split: str, tta: bool):
+def _loaded(checkpoint, data, split: str, tta: bool, shift: tuple[int, int] = (0, 0)):
     state = load_checkpoint(checkpoint)
     task, model = model_from_checkpoint(state)
     if tta:
         if not hasattr(task.config, "tta"):
             raise ConfigError("tta", f"test-time averaging is for classifiers, not {task.name}")
         task.config = dataclasses.replace(task.config, tta=True)
+    if any(shift) and task.store_kind != CLASSIFICATION:
+        raise ConfigError("shift", f"shifted evaluation is for classifiers, not {task.name}")
     device = resolve_device("auto")
     model = model.to(device).eval()
     loader = make_loader(data, split, batch_size=128, backend="memory", shuffle=False,
                          device=device, kind=task.store_kind)  # fmt: skip
     if len(loader) == 0:
         raise DataError(f"{data} has no {split} samples")
-    return task, model, loader
+    return task, model, (ShiftedImages(loader, shift) if any(shift) else loader)
+
+
+class ShiftedImages:
+    """A loader whose batches' images are rolled by (dy, dx) pixels (wrapping round: the edges
+    of a DeepLense image are empty sky, so the roll loses nothing)."""
+
+    def __init__(self, loader, shift: tuple[int, int]):
+        self.loader, self.shift = loader, tuple(shift)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield {**batch, "image": batch["image"].roll(self.shift, dims=(-2, -1))}

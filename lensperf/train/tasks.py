@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lensperf.config import from_dict, to_dict
-from lensperf.data.augment import symmetric_view
+from lensperf.data.augment import random_shift, symmetric_view
 from lensperf.errors import DataError
 from lensperf.models import MAE, Classifier, SuperResolution, ViTConfig, ViTEncoder
 from lensperf.models.resnet import ResNet
@@ -144,7 +144,10 @@ class ClassifyTask(_FinetuneTask):
         )
 
     def loss(self, model, batch) -> torch.Tensor:
-        logits = model(batch["image"])
+        images = batch["image"]
+        if self.config.shift and model.training:
+            images = random_shift(images, self.config.shift)
+        logits = model(images)
         return F.cross_entropy(
             logits.float(), batch["label"], label_smoothing=self.config.label_smoothing
         )
