@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from scipy.optimize import minimize
 
 from lensperf.simulate.calibration import mean_statistics, ring_statistics
-from lensperf.simulate.render import Renderer, SceneSampler, image_rng
+from lensperf.simulate.render import Renderer, Scene, SceneSampler, image_rng
 
 # Real samples: ring radius 10.2 px, width 5.7 px, 3.3% pixels above 0.5, sum 223.
 TOLERANCES = {
@@ -56,6 +57,35 @@ def test_model_ii_preset_matches_real_samples(model_ii_config, real_samples, cla
 def test_drifted_preset_fails_the_calibration(model_ii_config, real_samples, drift):
     real = mean_statistics(real_samples.values())
     assert misfits(simulated_statistics(model_ii_config(drift), "no_sub"), real) != []
+
+
+def closest_rendering(config, target: np.ndarray) -> float:
+    """The smallest mean |pixel difference| between `target` and the preset's smooth lens, over
+    source positions within the preset's range (a grid, then Nelder-Mead from its best)."""
+    renderer = Renderer(config.lens, config.source, config.instrument)
+
+    def distance(xy) -> float:
+        scene = Scene(source_x=float(xy[0]), source_y=float(xy[1]))
+        return float(np.abs(renderer.observe(scene, None) - target).mean())
+
+    r = config.source.center_range
+    grid = [(x, y) for x in np.linspace(-r, r, 9) for y in np.linspace(-r, r, 9)]
+    start = min(grid, key=distance)
+    return float(minimize(distance, start, method="Nelder-Mead", options={"xatol": 1e-3}).fun)
+
+
+def test_the_preset_reproduces_the_real_lens_closer_than_substructure_changes_it(
+    model_ii_config, real_samples
+):
+    """Average ring statistics are not enough: a classifier reads substructure as departures
+    from the smooth lens, so the simulated lens must match the real one to well under what
+    substructure changes (0.003-0.004 mean |difference| in the real samples). The fitted preset
+    gets to 0.002; the nominal PSF, source and shear stay at 0.009."""
+    real = real_samples["no_sub"]
+    assert closest_rendering(model_ii_config(), real) < 0.0025
+    nominal = ["instrument.seeing=0.22", "lens.einstein_radius=1.05", "lens.e1=0.1",
+               "lens.shear_gamma1=0.05", "source.r_sersic=0.25"]  # fmt: skip
+    assert closest_rendering(model_ii_config(*nominal), real) > 0.005
 
 
 def substructure_strength(config, class_name: str) -> float:
