@@ -51,7 +51,9 @@ def evaluate(
     mean over the 8 symmetries of each image, and with `shift` (dy, dx) on every image rolled
     by that many pixels: how much the model depends on where the lens sits."""
     task, model, loader = _loaded(checkpoint, data, split, tta, shift)
-    suffix = "" if split == "val" else f"-{split}"
+    suffix = ("" if split == "val" else f"-{split}") + (
+        f"-shift{shift[0]}_{shift[1]}" if any(shift) else ""
+    )
     out = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(data).stem}{suffix}"
     device = next(model.parameters()).device
     with (
