@@ -50,6 +50,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(key, " or ".join(errors))
     if origin is Literal:
         choices = get_args(hint)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in choices:
             raise ConfigError(key, f"expected one of {list(choices)}, got {value!r}")
         return value

@@ -67,6 +67,17 @@ def test_overrides_apply_dotted_keys_and_parse_values():
     assert raw == {"steps": 1, "inner": {"rate": 0.5}}  # not modified in place
 
 
+@pytest.mark.parametrize("word", ["on", "off", "auto"])
+def test_kernels_on_off_survive_yaml_booleans(word):
+    # YAML 1.1 reads a bare `off` as False; the README's runtime.kernels=on|off must still work
+    from lensperf.train.config import PretrainConfig
+
+    config = load_config(
+        PretrainConfig, CONFIGS / "pretrain" / "demo.yaml", [f"runtime.kernels={word}"]
+    )
+    assert config.runtime.kernels == word
+
+
 @pytest.mark.parametrize("override", ["steps", "=3", "a..b=1"])
 def test_malformed_override(override):
     with pytest.raises(ConfigError, match="key.sub=value"):

@@ -105,6 +105,17 @@ def test_seed_repeats_train_the_fine_tune_and_the_resnet_again_with_new_seeds(
     assert sum("**median**" in line for line in table) == 2 and "### Over 2 seeds" in table
 
 
+def test_reference_ratios_compare_best_modes_and_skip_failed_ones():
+    from lensperf.bench.gpu_check import reference_ratios
+
+    found = reference_ratios({
+        "pretrain": {"a": {"images_per_s": 300.0}, "b": {"error": "RuntimeError: no"}},
+        "pretrain_reference": {"c": {"images_per_s": 100.0}, "d": {"images_per_s": 150.0}},
+        "finetune_cls": {"a": {"images_per_s": 50.0}},  # no reference measured: no ratio
+    })  # fmt: skip
+    assert found == {"pretrain": 2.0}
+
+
 def test_gpu_check_dry_run_runs_every_stage(tmp_path):
     out = tmp_path / "check"
     result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", str(out)], cwd=ROOT,
@@ -127,5 +138,8 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
         assert minutes == sorted(minutes)
     mae = routes["mae"]
     assert mae["curve"][0]["train_s"] > mae["offset_s"] > 0  # pretraining counted
-    assert report["stages"]["loader"]["result"]["dali_images_per_s"] > 0
+    rows = [r for modes in throughput["throughput"].values() for r in modes.values()]
+    assert all(0 < r["peak_fraction"] and r["flops_per_image"] > 0 for r in rows)
+    loader = report["stages"]["loader"]["result"]
+    assert loader["backend"] == "dali" and loader["loader_images_per_s"] > 0
     assert "| accuracy | ok |" in (out / "gpu_check.md").read_text()

@@ -26,10 +26,10 @@ AUC_TARGET = 0.995
 SR_TARGETS = {"psnr": 40.0, "ssim": 0.97, "psnr_gain_db": 2.0}
 # Stores simulated when none is given: the issue-sized set (12,000 a class, 90/10) or a small
 # one for --quick. Evaluations every quarter epoch find a crossing within a few percent.
-STORE_SIZE = {"cpu": 12000, "demo": 400}
-SR_PAIRS = {"cpu": 4000, "demo": 200}
-EVAL_EVERY = {"cpu": 0.25, "demo": 0.5}
-CNN_PRESET = {"cpu": "cnn", "demo": "cnn_demo"}
+STORE_SIZE = {"cpu": 12000, "gpu": 12000, "demo": 400}
+SR_PAIRS = {"cpu": 4000, "gpu": 4000, "demo": 200}
+EVAL_EVERY = {"cpu": 0.25, "gpu": 0.25, "demo": 0.5}
+CNN_PRESET = {"cpu": "cnn", "gpu": "cnn", "demo": "cnn_demo"}
 SEEDED_ROUTES = ("mae_finetune", "cnn")  # the routes `seeds` repeats
 
 
@@ -48,7 +48,7 @@ class Route:
 
 
 def routes(recipe: str, extra: tuple[str, ...] = ()) -> list[Route]:
-    """The three routes at one recipe scale ("cpu", or "demo" for a quick run). `extra`
+    """The three routes at one recipe scale ("cpu", "gpu", or "demo" for a quick run). `extra`
     overrides go to every classification stage (the evaluation cadence, a store)."""
     return [
         Route("mae", "lensperf: MAE pretraining + fine-tuning", (

@@ -1,5 +1,6 @@
 """GPU-only checks: the compiled (not interpreted) kernels on CUDA, bf16 included. The CPU run
-skips these; benchmarks/gpu_check.sh runs them."""
+skips these; benchmarks/gpu_check.sh runs them. By hand: TRITON_INTERPRET=0 pytest -m gpu
+(tests/conftest.py turns the interpreter on where the variable is unset)."""
 
 import lensperf_kernels as kernels
 import pytest
@@ -55,3 +56,11 @@ def test_attention_backward_deterministic_on_cuda():
         kernels.attention(*ts).backward(do)
         grads.append(torch.cat([t.grad.flatten() for t in ts]))
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_kernels_are_compiled_not_interpreted():
+    # Under TRITON_INTERPRET=1 every check above would pass on the interpreter, timing nothing
+    # and proving nothing about the compiled kernels.
+    from lensperf_kernels import _backend
+
+    assert not _backend.INTERPRETER and _backend.on_gpu_compiler()
