@@ -32,6 +32,18 @@ def active_backend(tensor: torch.Tensor) -> str:
     return "triton" if tensor.is_cuda else "torch"
 
 
+# LENSPERF_AUTOTUNE=0: one block config per launch, as under the interpreter. Autotuning
+# compiles and times every config for every new (N, head dim, dtype): right for a long run,
+# minutes of compiles for a test grid (the GPU tests use it; on an H200 with a cold cache they
+# ran past 80 s with it on).
+AUTOTUNE = os.environ.get("LENSPERF_AUTOTUNE", "1") != "0"
+
+
+def autotuning() -> bool:
+    """True when block sizes are autotuned: compiled for a GPU, and not switched off."""
+    return on_gpu_compiler() and AUTOTUNE
+
+
 def on_gpu_compiler() -> bool:
     """True when kernels are compiled for a real GPU (autotuning allowed)."""
     return HAS_TRITON and not INTERPRETER and torch.cuda.is_available()

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._backend import HAS_TRITON, active_backend, on_gpu_compiler
+from ._backend import HAS_TRITON, active_backend, autotuning
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -31,11 +31,21 @@ if HAS_TRITON:
         # The fast path: no bounds masks when N is a multiple of both block sizes.
         return args["N"] % args["BLOCK_M"] == 0 and args["N"] % args["BLOCK_N"] == 0
 
+    def _useful_blocks(configs, named_args, **kwargs):
+        # Blocks longer than the sequence (rounded up to a power of two) only add masked rows:
+        # at N = 17 or 65 most configs are such, and each costs a compile.
+        n = named_args.get("N") if isinstance(named_args, dict) else None
+        if n is None:
+            return configs
+        longest = max(16, triton.next_power_of_2(n))
+        kept = [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= longest]
+        return kept or configs
+
     def _tuned(kernel):
         """Autotune block sizes on a GPU; the interpreter cannot time configs, so it gets one
-        (picked by the launcher)."""
+        (picked by the launcher), as does LENSPERF_AUTOTUNE=0."""
         kernel = triton.heuristics({"EVEN_N": _even_n})(kernel)
-        if not on_gpu_compiler():
+        if not autotuning():
             return kernel
         configs = [
             triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -43,7 +53,9 @@ if HAS_TRITON:
             for w in (4, 8)
             for s in (2, 3)
         ]
-        return triton.autotune(configs, key=["N", "HEAD_DIM"])(kernel)
+        return triton.autotune(
+            configs, key=["N", "HEAD_DIM"], prune_configs_by={"early_config_prune": _useful_blocks}
+        )(kernel)
 
     @triton.jit
     def _load_rows(ptr, offs, N, HEAD_DIM: tl.constexpr, EVEN_N: tl.constexpr):
@@ -218,7 +230,7 @@ def _interpreter_blocks(N: int) -> dict:
 
 def _launch(kernel, grid_rows: int, bh: int, N: int, *args, **constexprs):
     """Launch with autotuned blocks on a GPU, or the interpreter's single config."""
-    if on_gpu_compiler():
+    if autotuning():
 
         def grid(meta):
             return (triton.cdiv(N, meta[grid_rows]), bh)

@@ -138,6 +138,8 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
         assert minutes == sorted(minutes)
     mae = routes["mae"]
     assert mae["curve"][0]["train_s"] > mae["offset_s"] > 0  # pretraining counted
+    profile = throughput["profile"]
+    assert profile["step_s_profiled"] > 0 and "Self CPU" in profile["top_ops"]
     rows = [r for modes in throughput["throughput"].values() for r in modes.values()]
     assert all(0 < r["peak_fraction"] and r["flops_per_image"] > 0 for r in rows)
     loader = report["stages"]["loader"]["result"]

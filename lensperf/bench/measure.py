@@ -16,6 +16,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def training_step(
+    model: torch.nn.Module, loss_fn: Callable, *, device: torch.device, amp: bool,
+    compile_: bool, compile_mode: str = "default",
+) -> Callable[[], torch.Tensor]:  # fmt: skip
+    """One full training step (forward, backward, AdamW) of `model` as a callable."""
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    step_model = torch.compile(model, mode=compile_mode) if compile_ else model
+    graphs = compile_ and compile_mode == "reduce-overhead" and device.type == "cuda"
+
+    def step():
+        if graphs:  # a new step: the graphs may reuse the last step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(step_model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
 def train_step_rate(
     model: torch.nn.Module,
     loss_fn: Callable,
@@ -27,20 +50,11 @@ def train_step_rate(
     warmup: int,
     windows: int,
     steps_per_window: int,
+    compile_mode: str = "default",
 ) -> dict:
     """Median images/s of full training steps (forward, backward, AdamW)."""
-    model = model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    step_model = torch.compile(model) if compile_ else model
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(step_model)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss
-
+    step = training_step(model, loss_fn, device=device, amp=amp, compile_=compile_,
+                         compile_mode=compile_mode)  # fmt: skip
     start = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -58,6 +72,41 @@ def train_step_rate(
         "windows": [round(r, 1) for r in rates],
         "warmup_s": round(warmup_s, 2),
         "final_loss": float(loss.detach()),
+    }
+
+
+def profile_step(step: Callable[[], torch.Tensor], device: torch.device, steps: int = 3) -> dict:
+    """Where one training step's time goes: the profiler's top operators, the device's busy time
+    per step against the step's wall time (a device busy a small part of the step is bound by
+    the host: launches, Python, syncs), and kernel launches per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        step()
+    sync(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+
+    def self_device_us(event) -> float:  # renamed from self_cuda_time_total in newer torch
+        return getattr(event, "self_device_time_total", None) or getattr(
+            event, "self_cuda_time_total", 0.0)  # fmt: skip
+
+    busy = sum(self_device_us(e) for e in events) / steps / 1e6 if cuda else None
+    launches = sum(e.count for e in events if "LaunchKernel" in e.key) / steps
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return {
+        "step_s_profiled": wall,
+        "device_busy_s": busy,
+        "device_busy_fraction": busy / wall if busy is not None else None,
+        "launches_per_step": launches,
+        "top_ops": events.table(sort_by=sort, row_limit=15, max_name_column_width=60),
     }
 
 

@@ -53,6 +53,7 @@ class Mode:
     compile: bool
     kernels: bool = False  # lensperf's Triton kernels
     sdpa: bool = False  # the reference's attention as scaled_dot_product_attention
+    compile_mode: str = "default"  # "reduce-overhead": CUDA graphs
 
 
 def modes(device: torch.device, *, reference: bool) -> list[Mode]:
@@ -61,12 +62,15 @@ def modes(device: torch.device, *, reference: bool) -> list[Mode]:
     found = [Mode("eager_fp32", False, False), Mode("compiled_fp32", False, True)]
     if native_bf16(device):
         found.append(Mode("compiled_bf16", True, True))
-    if device.type == "cuda":
-        found.append(
-            Mode("compiled_bf16_sdpa", True, True, sdpa=True)
+    if device.type == "cuda":  # and each with CUDA graphs, which remove launch overhead
+        cuda = (
+            [Mode("compiled_bf16_sdpa", True, True, sdpa=True)]
             if reference
-            else Mode("compiled_bf16_kernels", True, True, kernels=True)
+            else [Mode("compiled_bf16_kernels", True, True, kernels=True)]
         )
+        graphs = [dataclasses.replace(m, name=m.name + "_cudagraphs",
+                                      compile_mode="reduce-overhead") for m in cuda]  # fmt: skip
+        found += [*cuda, *graphs]
     return found
 
 
@@ -118,7 +122,8 @@ def throughput(batch: dict[str, int], device: torch.device, timing: dict) -> dic
             torch._dynamo.reset()
             with ops.kernels_switched("on" if mode.kernels else "off"):
                 r = train_step_rate(make(mode.sdpa), loss_fn, batch_size, device=device,
-                                    amp=mode.amp, compile_=mode.compile, **timing)  # fmt: skip
+                                    amp=mode.amp, compile_=mode.compile,
+                                    compile_mode=mode.compile_mode, **timing)  # fmt: skip
             results.setdefault(name, {})[mode.name] = {"batch": batch_size, **r}
             bar.update(1)
     return results

@@ -56,6 +56,9 @@ class RuntimeConfig:
     # auto: bf16 where the hardware has it, fp16 (with loss scaling) on older CUDA GPUs, else fp32
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = True
+    # reduce-overhead: CUDA graphs, for GPU steps bound by kernel launches (on an H200 lensperf's
+    # MAE step took 18 ms at batch 128 and at 1024 alike, for 0.6 ms of matmuls); CPU: as default
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     kernels: Literal["auto", "on", "off"] = "auto"  # auto: Triton kernels on CUDA only
     seed: int = 0
     deterministic: bool = False

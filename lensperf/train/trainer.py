@@ -78,6 +78,9 @@ class Trainer:
         if rt.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.amp_dtype = autocast_dtype(rt.precision, self.device)
+        self._cuda_graphs = (
+            rt.compile and rt.compile_mode == "reduce-overhead" and self.device.type == "cuda"
+        )
 
     def _loaders(self) -> None:
         c, data = self.config, self.config.data
@@ -215,7 +218,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
         if c.runtime.compile:
-            step_model = torch.compile(step_model)
+            step_model = torch.compile(step_model, mode=c.runtime.compile_mode)
 
         steps_per_epoch = len(self.train_loader)
         total = c.epochs * steps_per_epoch
@@ -273,6 +276,8 @@ class Trainer:
         non-finite gradient without a loss scaler, stops training before the update. With fp16's
         scaler an overflowed gradient skips the update, as loss scaling intends, unless that
         happens MAX_SKIPPED_STEPS times in a row."""
+        if self._cuda_graphs:  # a new step: the graphs may reuse the last step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():
             loss = self.task.loss(step_model, batch)
         self._guard(loss, "loss")

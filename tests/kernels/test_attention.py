@@ -151,3 +151,17 @@ def test_bf16_error_at_most_twice_torch(N, D):
     theirs = run(sdpa, torch.bfloat16)
     for a, b, r in zip(ours, theirs, ref):
         assert (a - r).abs().max() <= 2 * (b - r).abs().max() + 1e-5
+
+
+def test_autotune_keeps_only_blocks_the_sequence_fills():
+    import triton
+    from lensperf_kernels.attention import _useful_blocks
+
+    configs = [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}) for m, n in ((32, 32), (64, 32), (128, 64))
+    ]
+    sizes = lambda kept: [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept]  # noqa: E731
+    assert sizes(_useful_blocks(configs, {"N": 17})) == [(32, 32)]
+    assert sizes(_useful_blocks(configs, {"N": 65})) == [(32, 32), (64, 32), (128, 64)]
+    assert sizes(_useful_blocks(configs, {"N": 33})) == [(32, 32), (64, 32)]
+    assert sizes(_useful_blocks(configs[2:], {"N": 5})) == [(128, 64)]  # never none left
