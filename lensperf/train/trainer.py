@@ -54,6 +54,8 @@ MAX_SKIPPED_STEPS = 20  # fp16: overflowed updates in a row before training stop
 
 
 class Trainer:
+    _cuda_graphs = False  # set by the runtime set-up: the step is replayed as CUDA graphs
+
     def __init__(
         self, config, task, *, resume: bool = False, overwrite: bool = False, stop_after: int = 0
     ):
