@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one short run (budgeted at under 9 minutes on one H100/H200):
+# Every GPU check and benchmark in one short run (budgeted at 9 minutes on one H100/H200):
 # GPU kernel tests, kernel benchmarks, training throughput against the best reference mode,
 # the DALI GPU loader against the compiled MAE, and a short time-to-accuracy run. One JSON and
 # one table: OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md.
 #   bash benchmarks/gpu_check.sh [--dry-run] [OUT_DIR]
 # --dry-run runs every stage on the CPU at tiny sizes (CI does, so the script cannot rot).
-# Needs the project installed (make install; on a GPU machine a CUDA build of torch).
+# Needs the project installed (make install; on a GPU machine a CUDA build of torch). On a GPU
+# machine that has torch and Triton but no network, carry wheels of zarr, numcodecs, donfig,
+# google-crc32c, lenstronomy (`pip wheel` it: no wheel on PyPI), astropy, pyerfa,
+# astropy-iers-data and pyxdg, install them with `pip install --no-deps --target DIR`, link
+# kernels/ as DIR/lensperf_kernels and run with PYTHONPATH=DIR:<repo>. DALI is optional here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=()

@@ -11,8 +11,8 @@
                  a simulated 12,000-a-class store; on a CPU, the demo recipes' quick run.
 
 Each stage runs in its own process with a time limit, so one that hangs or runs long costs its
-own budget only, and writes what it has measured as it goes. The budgets add up to under 9
-minutes, most of it the accuracy stage's full recipe; without that stage the rest fits 4.5.
+own budget only, and writes what it has measured as it goes. The budgets add up to 9 minutes,
+almost half of it the accuracy stage's full recipe; without that stage the rest fits 5.
 `--dry-run` runs every stage on the CPU at tiny sizes, so the script cannot rot between GPU
 windows; CI runs it.
 
@@ -34,8 +34,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-# Seconds per stage on a GPU (the total, 330 s, leaves room in a 6-minute window).
-BUDGETS = {"gpu_tests": 90, "kernels": 60, "throughput": 200, "loader": 20, "accuracy": 180}
+# Seconds per stage on a GPU: 545 s in all, for a 10-minute command in a 15-minute window. Sized
+# from the first window (H200, cold caches): a compile costs 37 s in the bench and up to 131 s
+# in the trainer, and the accuracy stage needs two of them before its route ends.
+BUDGETS = {"gpu_tests": 60, "kernels": 50, "throughput": 170, "loader": 15, "accuracy": 250}
 DRY_BUDGET = 240
 
 
