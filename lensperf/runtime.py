@@ -31,6 +31,12 @@ def native_bf16(device: torch.device) -> bool:
     return cpu_has_bf16()
 
 
+def replays_cuda_graphs(compile_: bool, compile_mode: str, device: torch.device) -> bool:
+    """Whether a step compiled so replays as CUDA graphs: then each step must be marked, since
+    the graphs reuse the last step's output memory."""
+    return compile_ and compile_mode == "reduce-overhead" and device.type == "cuda"
+
+
 def resolve_device(choice: str) -> torch.device:
     """ "auto" (CUDA when there is one), "cuda" or "cpu"; under torchrun, this rank's GPU."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lensperf.runtime import replays_cuda_graphs
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -24,10 +26,10 @@ def training_step(
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     step_model = torch.compile(model, mode=compile_mode) if compile_ else model
-    graphs = compile_ and compile_mode == "reduce-overhead" and device.type == "cuda"
+    graphs = replays_cuda_graphs(compile_, compile_mode, device)
 
     def step():
-        if graphs:  # a new step: the graphs may reuse the last step's output memory
+        if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = loss_fn(step_model)
@@ -94,11 +96,10 @@ def profile_step(step: Callable[[], torch.Tensor], device: torch.device, steps: 
     wall = (time.perf_counter() - start) / steps
     events = prof.key_averages()
 
-    def self_device_us(event) -> float:  # renamed from self_cuda_time_total in newer torch
-        return getattr(event, "self_device_time_total", None) or getattr(
-            event, "self_cuda_time_total", 0.0)  # fmt: skip
-
-    busy = sum(self_device_us(e) for e in events) / steps / 1e6 if cuda else None
+    # self_cuda_time_total was renamed self_device_time_total in newer torch
+    device_us = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else (
+        "self_cuda_time_total")  # fmt: skip
+    busy = sum(getattr(e, device_us) for e in events) / steps / 1e6 if cuda else None
     launches = sum(e.count for e in events if "LaunchKernel" in e.key) / steps
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     return {

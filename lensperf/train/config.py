@@ -57,7 +57,8 @@ class RuntimeConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = True
     # reduce-overhead: CUDA graphs, for GPU steps bound by kernel launches (on an H200 lensperf's
-    # MAE step took 18 ms at batch 128 and at 1024 alike, for 0.6 ms of matmuls); CPU: as default
+    # MAE step took 18-19 ms at batch 128 and at 1024 alike, for 0.6 ms of matmuls at 1024);
+    # on the CPU the same as default
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     kernels: Literal["auto", "on", "off"] = "auto"  # auto: Triton kernels on CUDA only
     seed: int = 0

@@ -31,7 +31,7 @@ from lensperf.data import make_loader
 from lensperf.errors import LensperfError
 from lensperf.models import ops
 from lensperf.progress import progress
-from lensperf.runtime import autocast_as, autocast_dtype, resolve_device
+from lensperf.runtime import autocast_as, autocast_dtype, replays_cuda_graphs, resolve_device
 from lensperf.store import open_store, preprocessing
 from lensperf.train.batch_norm import (
     RECALIBRATION_BATCHES,
@@ -80,9 +80,7 @@ class Trainer:
         if rt.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.amp_dtype = autocast_dtype(rt.precision, self.device)
-        self._cuda_graphs = (
-            rt.compile and rt.compile_mode == "reduce-overhead" and self.device.type == "cuda"
-        )
+        self._cuda_graphs = replays_cuda_graphs(rt.compile, rt.compile_mode, self.device)
 
     def _loaders(self) -> None:
         c, data = self.config, self.config.data
@@ -278,7 +276,7 @@ class Trainer:
         non-finite gradient without a loss scaler, stops training before the update. With fp16's
         scaler an overflowed gradient skips the update, as loss scaling intends, unless that
         happens MAX_SKIPPED_STEPS times in a row."""
-        if self._cuda_graphs:  # a new step: the graphs may reuse the last step's output memory
+        if self._cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():
             loss = self.task.loss(step_model, batch)
