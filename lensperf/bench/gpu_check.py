@@ -161,14 +161,11 @@ def reference_ratios(throughput: dict) -> dict:
     """lensperf's best mode over its reference's best mode, for every task measured so far."""
     from lensperf.bench import throughput as T
 
-    def best(name):
-        rows = throughput.get(name, {}).values()
-        return max((r["images_per_s"] for r in rows if "images_per_s" in r), default=None)
-
     ratios = {}
     for task in T.BENCH_CONFIGS:
+        theirs = T.best_mode(throughput.get(task + T.REFERENCE, {}))[1]
         for name in (task, task + T.BRIGHTEST):
-            ours, theirs = best(name), best(task + T.REFERENCE)
+            ours = T.best_mode(throughput.get(name, {}))[1]
             if ours and theirs:
                 ratios[name] = ours / theirs
     return ratios
@@ -177,6 +174,7 @@ def reference_ratios(throughput: dict) -> dict:
 def _stage_loader(out: Path, dry: bool) -> dict:
     """The DALI loader's rate against what the compiled MAE consumes; where DALI is not
     installed (its 420 MB wheel cannot always travel), the in-process loader's instead."""
+    from lensperf.bench import throughput as T
     from lensperf.bench.time_to_target import _simulate
     from lensperf.data import make_loader
 
@@ -199,11 +197,9 @@ def _stage_loader(out: Path, dry: bool) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     rate = count / (time.perf_counter() - start)
-    if hasattr(loader, "close"):
-        loader.close()
+    loader.close()
     consumed = _partial(out, "throughput").get("throughput", {})
-    mae = max((r["images_per_s"] for r in consumed.get("pretrain", {}).values()
-               if "images_per_s" in r), default=None)  # fmt: skip
+    mae = T.best_mode(consumed.get("pretrain", {}))[1]
     return {"backend": backend, "loader_images_per_s": rate, "mae_consumes_images_per_s": mae,
             "ratio": rate / mae if mae else None}  # fmt: skip
 

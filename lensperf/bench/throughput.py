@@ -148,9 +148,14 @@ def flops(batch: dict[str, int], device: torch.device, rates: dict) -> dict:
     return out
 
 
-def best_mode(modes_: dict) -> tuple[str, float]:
-    name = max(modes_, key=lambda m: modes_[m]["images_per_s"])
-    return name, modes_[name]["images_per_s"]
+def best_mode(modes_: dict) -> tuple[str | None, float | None]:
+    """The fastest mode measured and its images/s; a mode that failed (the GPU check records an
+    error instead of a rate) is skipped, and (None, None) means none was measured."""
+    timed = {m: r["images_per_s"] for m, r in modes_.items() if "images_per_s" in r}
+    if not timed:
+        return None, None
+    name = max(timed, key=timed.get)
+    return name, timed[name]
 
 
 def summarize(results: dict) -> dict:
