@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lensperf.models.stems import ConvStem
 from lensperf.models.vit import (
     ViTEncoder,
     brightest_patches,
@@ -31,7 +30,6 @@ class Classifier(nn.Module):
         num_classes: int = 3,
         linear_probe: bool = False,
         token_keep: float = 1.0,
-        local_conv: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -39,12 +37,6 @@ class Classifier(nn.Module):
         self.token_keep = check_token_keep(token_keep)
         dim = encoder.config.dim
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
-        self.local = None
-        if local_conv:
-            c = encoder.config
-            self.local = ConvStem(c.in_chans, dim, c.patch_size)
-            nn.init.zeros_(self.local.proj.weight)
-            nn.init.zeros_(self.local.proj.bias)
         if linear_probe:
             encoder.requires_grad_(False)
 
@@ -64,9 +56,6 @@ class Classifier(nn.Module):
     def embed(self, images_BCHW: Tensor) -> Tensor:
         """(B, D) image embeddings: the mean of the encoder's patch tokens (the kept ones)."""
         tokens_BLD, _ = self.encoder.patchify(images_BCHW)
-        if self.local is not None:
-            local_BDhw = self.local(self.encoder.standardise(images_BCHW))
-            tokens_BLD = tokens_BLD + local_BDhw.flatten(2).transpose(1, 2)
         if self.token_keep < 1:
             p = self.encoder.config.patch_size
             tokens_BLD = gather_rows(tokens_BLD, brightest_patches(images_BCHW, p, self.token_keep))

@@ -121,9 +121,6 @@ class FinetuneClsConfig:
     # The encoder sees this fraction of each image's patches, the brightest (the arc; the rest
     # is empty sky), in training and evaluation. 1 keeps every patch. arch=vit only.
     token_keep: float = 1.0
-    # Convolutional features of the whole image (stride-2 3x3 convolutions, zero at the start)
-    # added to the patch tokens: the pixel-level locality a ViT at patch 8 lacks. arch=vit only.
-    local_conv: bool = False
     tta: bool = False  # evaluate on the mean of the 8 symmetries of each image
     # Training images are moved by a random whole number of pixels in [-shift, shift] on each
     # axis (wrapping round; DeepLense images' edges are empty sky), so that the model does not

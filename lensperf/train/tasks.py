@@ -131,9 +131,7 @@ class ClassifyTask(_FinetuneTask):
     config_type = FinetuneClsConfig
     store_kind = CLASSIFICATION
     selection_metric = "accuracy"  # best.pt by default
-    fixed_sections = (
-        "arch", "encoder", "resnet", "pretrained", "linear_probe", "local_conv", "data"
-    )
+    fixed_sections = ("arch", "encoder", "resnet", "pretrained", "linear_probe", "data")
 
     def build_model(self, encoder: ViTConfig | None = None) -> Classifier | ResNet:
         if self.config.arch == "resnet":
@@ -143,7 +141,6 @@ class ClassifyTask(_FinetuneTask):
             num_classes=len(CLASSES),
             linear_probe=self.config.linear_probe,
             token_keep=self.config.token_keep,
-            local_conv=self.config.local_conv,
         )
 
     def loss(self, model, batch) -> torch.Tensor:
