@@ -142,12 +142,21 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from lensperf.bench.run import run_bench
+    from lensperf.store import CLASSIFICATION
+    from lensperf.store.io import open_store
 
     if args.seeds > 1 and not args.time_to_target:
         raise ConfigError("--seeds", "repeats the time-to-target runs: add --time-to-target")
+    if args.holdout:
+        if not args.time_to_target:
+            raise ConfigError("--holdout", "scores the time-to-target routes: add --time-to-target")
+        open_store(args.holdout, CLASSIFICATION, splits=("val",))  # before the training, not after
+    if args.long_finetune and not args.time_to_target:
+        raise ConfigError("--long-finetune", "adds a time-to-target route: add --time-to-target")
     results = run_bench(
         args.out, quick=args.quick, with_time_to_target=args.time_to_target,
-        store=args.store, sr_store=args.sr_store, seeds=args.seeds,
+        store=args.store, sr_store=args.sr_store, seeds=args.seeds, holdout=args.holdout,
+        long_epochs=args.long_finetune,
     )  # fmt: skip
     print((args.out / "results.md").read_text())
     print(f"wrote {args.out / 'results.json'}")
@@ -385,6 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --time-to-target, also train the fine-tune (from the route's encoder) and the "
         "ResNet with seeds 1..N-1 and report each seed and the medians: near 0.999 accuracy a "
         "few images decide a gap (about 25 more minutes per seed with the cpu recipes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--holdout", type=Path, metavar="STORE",
+        help="with --time-to-target, also score each route's final weights on this "
+        "classification store's val split, plain and D4-averaged, and compare the MAE route with "
+        "the ResNet image by image (McNemar): make it large, e.g. `lensperf data simulate "
+        "--config model_ii --n-per-class 12000 seed=7 val_fraction=0.9`",
+    )  # fmt: skip
+    p.add_argument(
+        "--long-finetune", type=_positive_int, metavar="EPOCHS",
+        help="with --time-to-target, also fine-tune the MAE route's encoder for EPOCHS epochs "
+        "(the recipe's: 30), timed with its pretraining: the route given more of the hour "
+        "(90 epochs: about 32 more minutes with the cpu recipe)",
     )  # fmt: skip
     p.set_defaults(func=cmd_bench)
 

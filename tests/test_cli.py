@@ -85,6 +85,10 @@ def test_simulate_sr_cli(tmp_path):
         (["data", "simulate", "--n-per-class", "0"], "must be at least 1"),
         (["data", "simulate", "n_per_class=-3"], "n_per_class: must be at least 1"),
         (["data", "inspect", "missing.zarr"], "no dataset store at missing.zarr"),
+        (["bench", "--holdout", "h.zarr"], "--holdout: scores the time-to-target routes"),
+        # refused at once, not after the hour of training it would follow
+        (["bench", "--time-to-target", "--holdout", "h.zarr"], "no dataset store at h.zarr"),
+        (["bench", "--long-finetune", "90"], "--long-finetune: adds a time-to-target route"),
     ],
 )
 def test_bad_input_gives_one_line(tmp_path, args, message):

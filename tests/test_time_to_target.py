@@ -2,19 +2,24 @@
 more seeds, and the GPU check runs every stage end to end (its --dry-run: CPU, tiny sizes), the
 three routes included."""
 
+import itertools
 import json
 import statistics
 import subprocess
 
 import pytest
 import yaml
+from scipy.stats import binomtest
 
-from lensperf.bench.tables import seeds_section
+from lensperf.bench.holdout import final_weights, holdout_comparison, mcnemar_p
+from lensperf.bench.tables import holdout_section, seeds_section
 from lensperf.bench.time_to_target import (
     Route,
     Stage,
     amortised,
     crossings,
+    eval_records,
+    long_route,
     routes,
     run_route,
     seed_medians,
@@ -76,16 +81,67 @@ def test_seed_medians_count_the_seeds_that_reached_a_target():
     assert medians["final"] == {"accuracy": 0.98, "auc_macro": 0.9995}
 
 
+@pytest.mark.parametrize("only_a, only_b", [(11, 34), (4, 28), (3, 3), (0, 6), (1, 0)])
+def test_mcnemar_p_is_the_exact_two_sided_binomial_test(only_a, only_b):
+    expected = binomtest(only_a, only_a + only_b, 0.5).pvalue
+    assert mcnemar_p(only_a, only_b) == pytest.approx(expected, rel=1e-9)
+    assert mcnemar_p(0, 0) == 1.0  # no image tells them apart
+
+
+TINY = {
+    "pretrain": ["epochs=1", "model.encoder.dim=32", "model.encoder.heads=2",
+                 "model.encoder.depth=1", "model.decoder_dim=32", "model.decoder_depth=1"],
+    "finetune_cls": ["epochs=1", "resnet.widths=[4,8]", "resnet.blocks=[1,1]"],
+}  # fmt: skip
+
+
+def test_holdout_scores_each_route_on_another_store_image_by_image(tmp_path, model_ii_config):
+    store = simulate_classification(model_ii_config("n_per_class=12"), tmp_path / "c.zarr")
+    holdout = simulate_classification(
+        model_ii_config("n_per_class=16", "seed=7", "val_fraction=0.5"), tmp_path / "h.zarr"
+    )
+    work = tmp_path / "work"
+    main = {r.name: run_route(r, store, work, TINY) for r in routes("demo")
+            if r.name != "vit_scratch"}  # fmt: skip
+    main["mae_long"] = long_route(main, "demo", store, work, (), TINY, epochs=3)
+    # the longer fine-tune starts from the route's encoder, its clock after the pretraining
+    tuned = work / "mae_long" / "finetune_cls"
+    encoder = work / "mae" / "pretrain" / "checkpoint.pt"
+    assert yaml.safe_load((tuned / "config.yaml").open())["pretrained"] == str(encoder)
+    pretraining = main["mae"]["stages"][0]
+    assert main["mae_long"]["stages"][0] == pretraining
+    own_clock = eval_records(tuned)[-1]["train_s"]
+    assert main["mae_long"]["final"]["train_s"] == own_clock + pretraining["train_s"] > own_clock
+    found = holdout_comparison(main, work, holdout)
+    assert set(found["routes"]) == {"mae", "mae_long", "cnn"}
+    errors = {}
+    for name, scored in found["routes"].items():
+        weights = final_weights(work / name / "finetune_cls")
+        assert scored["weights"] == str(weights)
+        for way, tta in (("plain", False), ("d4", True)):
+            own = score(weights, holdout, tta=tta)  # the task's own metrics, the same images
+            got = scored[way]
+            assert got["images"] == 24
+            assert got["accuracy"] == pytest.approx(own["accuracy"], abs=1e-6)
+            assert got["auc_macro"] == pytest.approx(own["auc_macro"], abs=1e-5)
+            assert got["errors"] == round(24 * (1 - own["accuracy"]))
+            errors[name, way] = got["errors"]
+    assert [(p["a"], p["b"]) for p in found["pairs"]] == [("mae", "cnn"), ("mae_long", "cnn")]
+    for found_pair, way in itertools.product(found["pairs"], ("plain", "d4")):
+        pair, mae = found_pair[way], found_pair["a"]
+        # right only for lensperf's route minus right only for the ResNet: their error gap
+        gap = errors["cnn", way] - errors[mae, way]
+        assert pair["only_a_right"] - pair["only_b_right"] == gap
+        assert pair["mcnemar_p"] == mcnemar_p(pair["only_a_right"], pair["only_b_right"])
+    table = holdout_section(found)
+    assert "24 validation images" in table[2] and sum(line.startswith("| ") for line in table) == 4
+
+
 def test_seed_repeats_train_the_fine_tune_and_the_resnet_again_with_new_seeds(
     tmp_path, model_ii_config
 ):
     store = simulate_classification(model_ii_config("n_per_class=12"), tmp_path / "c.zarr")
-    work, extra = tmp_path / "work", ("runtime.eval_every=0.5",)
-    tiny = {
-        "pretrain": ["epochs=1", "model.encoder.dim=32", "model.encoder.heads=2",
-                     "model.encoder.depth=1", "model.decoder_dim=32", "model.decoder_depth=1"],
-        "finetune_cls": ["epochs=1", "resnet.widths=[4,8]", "resnet.blocks=[1,1]"],
-    }  # fmt: skip
+    work, extra, tiny = tmp_path / "work", ("runtime.eval_every=0.5",), TINY
     main = {r.name: run_route(r, store, work, tiny) for r in routes("demo", extra)
             if r.name != "vit_scratch"}  # fmt: skip
     main["mae_finetune"] = amortised(main["mae"])

@@ -141,6 +141,8 @@ def run_bench(
     store: Path | None = None,
     sr_store: Path | None = None,
     seeds: int = 1,
+    holdout: Path | None = None,
+    long_epochs: int | None = None,
 ) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = Settings(quick=quick, device=device)
@@ -153,7 +155,13 @@ def run_bench(
         results["loader_images_per_s"] = loader_rate(settings, Path(tmp))
         if with_time_to_target:
             results["time_to_target"] = run_time_to_target(
-                Path(tmp), quick=quick, store=store, sr_store=sr_store, seeds=seeds
+                Path(tmp),
+                quick=quick,
+                store=store,
+                sr_store=sr_store,
+                seeds=seeds,
+                holdout=holdout,
+                long_epochs=long_epochs,
             )
     profile_step(settings, out / "profile.txt")
     results["summary"] = summarize(results)

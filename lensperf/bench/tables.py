@@ -132,9 +132,42 @@ def time_to_target_section(t: dict) -> list[str]:
             f"in {sr['train_seconds'] / 60:.1f} min (targets: PSNR >= {sr['targets']['psnr']}, "
             f"SSIM >= {sr['targets']['ssim']}, >= +{sr['targets']['psnr_gain_db']} dB).",
         ]
+    if t.get("holdout"):
+        lines += ["", *holdout_section(t["holdout"])]
     if t.get("seeds"):
         lines += ["", *seeds_section(t["seeds"])]
     return lines + ["", "Curves: time_to_accuracy.png.", ""]
+
+
+def holdout_section(h: dict) -> list[str]:
+    """The routes' final weights on the held-out store, and the pair's McNemar test."""
+    routes = h["routes"]
+    n = next(iter(routes.values()))["plain"]["images"]
+    lines = [
+        "### End points on held-out images",
+        "",
+        f"Each route's final weights scored on the {n:,} validation images of {h['store']}.",
+        "",
+        "| route | errors | accuracy | macro AUC | errors, D4-averaged | D4-averaged accuracy "
+        "/ macro AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in routes.values():
+        p, d = r["plain"], r["d4"]
+        lines.append(
+            f"| {r['label']} | {p['errors']} | {p['accuracy']:.5f} | {p['auc_macro']:.7f} | "
+            f"{d['errors']} | {d['accuracy']:.5f} / {d['auc_macro']:.7f} |"
+        )
+    for pair in h["pairs"]:
+        a, b = (routes[pair[k]]["label"] for k in ("a", "b"))
+        counts = [
+            f"{name}, {pair[way]['only_a_right']} against {pair[way]['only_b_right']} "
+            f"(p = {pair[way]['mcnemar_p']:.3g})"
+            for way, name in (("plain", "plain"), ("d4", "D4-averaged"))
+        ]
+        lines += ["", f"Images right only for {a} against only for {b}, exact McNemar p: "
+                  + "; ".join(counts) + "."]  # fmt: skip
+    return lines
 
 
 def seeds_section(repeats: dict) -> list[str]:

@@ -6,10 +6,13 @@ A route is a list of training stages; every stage's training clock counts (the t
   * `mae`: lensperf's route, MAE pretraining then fine-tuning (its fine-tuning alone, with the
     pretraining amortised over every fine-tune, is reported too, as `mae_finetune`);
   * `vit_scratch`: lensperf's ViT classifier trained from scratch (what pretraining buys);
-  * `cnn`: the supervised ResNet baseline with its own recipe.
+  * `cnn`: the supervised ResNet baseline with its own recipe;
+  * `mae_long` (asked for): the MAE route's encoder fine-tuned longer, the route given more of
+    the hour the comparison allows.
 With `seeds` > 1 the two routes whose end points decide the comparison, the amortised fine-tune
 (from the same encoder) and the ResNet, run again with `runtime.seed` 1, 2, ...: at 0.999
-accuracy a few images decide a gap, so their medians are the comparison.
+accuracy a few images decide a gap, so their medians are the comparison. With a `holdout` store
+the routes' end points are also scored on it, image by image (holdout.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from lensperf.bench.holdout import final_weights, holdout_comparison
 from lensperf.presets import preset
+from lensperf.store import CLASSIFICATION
+from lensperf.store.io import open_store
 
 ACCURACY_TARGETS = (0.90, 0.95, 0.97, 0.98)
 AUC_TARGET = 0.995
@@ -107,8 +113,7 @@ def final_with_tta(run_dir: Path, store: Path) -> dict:
     only: it adds no training time, and once at the end the 8x inference is cheap."""
     from lensperf.train.run import score
 
-    weights = run_dir / "ema.pt" if (run_dir / "ema.pt").exists() else run_dir / "checkpoint.pt"
-    metrics = score(weights, store, tta=True)
+    metrics = score(final_weights(run_dir), store, tta=True)
     return {"accuracy": metrics["accuracy"], "auc_macro": metrics["auc_macro"]}
 
 
@@ -146,6 +151,31 @@ def amortised(result: dict) -> dict:
     return {"label": label, "stages": result["stages"][-1:], "offset_s": 0.0, "curve": curve,
             "amortised": True, **crossings(curve),
             "final_tta": result.get("final_tta")}  # fmt: skip
+
+
+def long_route(main: dict, recipe: str, store: Path, workdir: Path, extra: tuple,
+               overrides: dict | None, epochs: int) -> dict:  # fmt: skip
+    """The MAE route's encoder fine-tuned for `epochs` instead of the recipe's: the route given
+    more of the hour the comparison allows. Its clock starts with the route's pretraining."""
+    encoder = workdir / "mae" / "pretrain" / "checkpoint.pt"
+    # evaluated each epoch: a long run's evaluations would otherwise cost minutes
+    given = (*extra, "runtime.eval_every=1", f"epochs={epochs}", f"pretrained={encoder}")
+    label = f"lensperf: MAE pretraining + {epochs}-epoch fine-tuning"
+    tuned = run_route(Route("mae_long", label, (Stage("finetune_cls", recipe, given),)),
+                      store, workdir, overrides)  # fmt: skip
+    return after_pretraining(tuned, main["mae"]["stages"][0])
+
+
+def after_pretraining(result: dict, pretraining: dict) -> dict:
+    """A fine-tune's result with the pretraining that made its encoder put in front of it:
+    `amortised` undone."""
+    curve = [
+        {**p, "train_s": p["train_s"] + pretraining["train_s"],
+         "images": p["images"] + pretraining["images"]}
+        for p in result["curve"]
+    ]  # fmt: skip
+    return {**result, "stages": [pretraining, *result["stages"]],
+            "offset_s": pretraining["train_s"], "curve": curve, **crossings(curve)}  # fmt: skip
 
 
 def seed_repeats(routes_run: dict, recipe: str, store: Path, workdir: Path, extra: tuple,
@@ -198,12 +228,17 @@ def seed_medians(runs: list[dict]) -> dict:
 def run_time_to_target(
     workdir: Path, *, quick: bool, store: Path | None = None, sr_store: Path | None = None,
     overrides: dict | None = None, store_size: int | None = None, seeds: int = 1,
+    holdout: Path | None = None, long_epochs: int | None = None,
 ) -> dict:  # fmt: skip
     """Every route on one classification store (simulated into `workdir` if not given), then an
     SR fine-tune from the MAE route's encoder. `quick` runs the demo recipes on small stores;
     `overrides` (task -> list) and `store_size` shrink a run further (the GPU check's dry run);
-    `seeds` > 1 repeats the fine-tune and the ResNet with more seeds (seed_repeats)."""
+    `seeds` > 1 repeats the fine-tune and the ResNet with more seeds (seed_repeats); `holdout`,
+    a classification store, scores the routes' end points on its validation split;
+    `long_epochs` adds the MAE route's encoder fine-tuned that long (long_route)."""
     recipe = "demo" if quick else "cpu"
+    if holdout:  # checked before the hour of training, not after
+        open_store(holdout, CLASSIFICATION, splits=("val",))
     if not store:
         store = _simulate(workdir / "model_ii.zarr", recipe, sr=False, size=store_size)
     extra = (f"runtime.eval_every={EVAL_EVERY[recipe]}",)
@@ -213,6 +248,11 @@ def run_time_to_target(
         results["routes"][route.name] = outcome
         if len(route.stages) > 1:
             results["routes"][f"{route.name}_finetune"] = amortised(outcome)
+    if long_epochs:
+        results["routes"]["mae_long"] = long_route(results["routes"], recipe, store, workdir,
+                                                   extra, overrides, long_epochs)  # fmt: skip
+    if holdout:
+        results["holdout"] = holdout_comparison(results["routes"], workdir, Path(holdout))
     if seeds > 1:
         results["seeds"] = seed_repeats(results["routes"], recipe, store, workdir, extra,
                                         overrides, seeds)  # fmt: skip

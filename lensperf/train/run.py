@@ -80,6 +80,20 @@ def score(
         return task.evaluate(model, loader)
 
 
+def classifier_predictions(
+    checkpoint: str | Path, data: str | Path, *, split: str = "val", tta: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, classes), labels (N,)) of a classifier on every image of a split,
+    under the run's own precision, in the store's order: what per-image comparisons need."""
+    task, model, loader = _loaded(checkpoint, data, split, tta)
+    if task.store_kind != CLASSIFICATION:
+        raise ConfigError("checkpoint", f"{checkpoint} is a {task.name} model, not a classifier")
+    device = next(model.parameters()).device
+    with torch.no_grad(), run_autocast(task.config.runtime.precision, device):
+        out = task.predict(model, loader)
+    return out["logits"].float().softmax(-1), out["labels"]
+
+
 def _loaded(checkpoint, data, split: str, tta: bool, shift: tuple[int, int] = (0, 0)):
     state = load_checkpoint(checkpoint)
     task, model = model_from_checkpoint(state)
