@@ -4,7 +4,9 @@ A KeyboardInterrupt raised while Python runs a callback from C code is printed a
 there: numba, compiling lenstronomy's functions on first use, calls back into Python through
 ctypes, and a signal that lands then would be lost, leaving a simulation running on. So the
 handler also records the signal, and long loops call `raise_if_interrupted` (every progress bar
-update does) to raise it again.
+update does) to raise it again. And where C code passes it on as another error (numba's
+dispatcher: "SystemError: ... returned a result with an exception set"), the block ends with
+KeyboardInterrupt all the same.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def handled() -> Iterator[None]:
     previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except Exception as error:
+        if _received:  # the signal's KeyboardInterrupt, turned into this error on its way out
+            raise KeyboardInterrupt from error
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

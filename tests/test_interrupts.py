@@ -1,5 +1,6 @@
 """An interrupt that C code drops (as numba's ctypes callbacks do) is raised again at the next
-progress update, so long work still stops and cleans up."""
+progress update, and one that C code turns into another error (numba's dispatcher) still ends
+the block as an interrupt, so long work stops and cleans up."""
 
 import ctypes
 import os
@@ -36,6 +37,24 @@ def test_dropped_interrupt_is_raised_at_next_progress_update(signum):
         with pytest.raises(KeyboardInterrupt):
             bar.update(1)
         bar.close()
+
+
+def test_an_interrupt_turned_into_another_error_is_still_an_interrupt():
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with interrupts.handled():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # bytecode boundaries at which the handler runs
+                    pass
+            except KeyboardInterrupt as error:  # what numba's dispatcher does with it
+                raise SystemError("returned a result with an exception set") from error
+    assert isinstance(raised.value.__cause__, SystemError)
+
+
+def test_an_error_without_a_signal_stays_itself():
+    with pytest.raises(SystemError):
+        with interrupts.handled():
+            raise SystemError("a real failure")
 
 
 def test_handlers_are_restored_and_progress_runs_on_afterwards(monkeypatch):
