@@ -39,6 +39,8 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
 
 
 def _scores(probs_NC: np.ndarray, labels_N: np.ndarray) -> tuple[dict, np.ndarray]:
+    # scikit-learn's AUC, not the trainer's (metrics.classification_metrics, torchmetrics in
+    # float32): here routes differ in the seventh digit, which wants float64 sums.
     right_N = probs_NC.argmax(1) == labels_N
     return {
         "images": int(len(labels_N)),
