@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one short run (budgeted at 9 minutes on one H100/H200):
+# Every GPU check and benchmark in one short run (budgeted under 6 minutes on one H100/H200):
 # GPU kernel tests, kernel benchmarks, training throughput against the best reference mode,
 # the DALI GPU loader against the compiled MAE, and a short time-to-accuracy run. One JSON and
 # one table: OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md.

@@ -201,3 +201,37 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
     loader = report["stages"]["loader"]["result"]
     assert loader["backend"] == "dali" and loader["loader_images_per_s"] > 0
     assert "| accuracy | ok |" in (out / "gpu_check.md").read_text()
+
+
+def test_gpu_check_fits_a_rerun_in_a_gpu_window():
+    # a 15-minute window, the machine's start included, must hold the script twice
+    from lensperf.bench.gpu_check import BUDGETS
+
+    assert sum(BUDGETS.values()) <= 6 * 60
+
+
+def test_gpu_accuracy_stage_runs_the_short_route_and_retries_without_kernels(tmp_path, monkeypatch):
+    from lensperf.bench import gpu_check
+    from lensperf.bench import time_to_target as ttt
+
+    (tmp_path / "gpu_tests.json").write_text(json.dumps({"exit": 0}))  # the kernels passed
+    calls = []
+
+    def fake_route(route, store, workdir, overrides):
+        calls.append((route.name, overrides))
+        if route.name == "mae" and "runtime.kernels=off" not in overrides["pretrain"]:
+            raise RuntimeError("a kernel failed")
+        return {"offset_s": 1.0, "curve": [], "stages": []}
+
+    monkeypatch.setattr(ttt, "_simulate", lambda *args, **kwargs: tmp_path / "store.zarr")
+    monkeypatch.setattr(ttt, "run_route", fake_route)
+    monkeypatch.setattr(ttt, "amortised", lambda outcome: outcome)
+    result = gpu_check._gpu_recipe_accuracy(tmp_path)
+    assert [name for name, _ in calls] == ["mae", "mae", "cnn"]  # no ViT from scratch
+    for _, overrides in calls:
+        for given in overrides.values():
+            assert set(gpu_check.SHORT_ROUTE) <= set(given)
+    assert "runtime.kernels=off" in calls[1][1]["finetune_cls"]
+    assert "runtime.kernels=off" not in calls[2][1]["finetune_cls"]
+    assert "a kernel failed" in result["errors"]["mae"]
+    assert set(result["routes"]) == {"mae", "mae_finetune", "cnn"}
