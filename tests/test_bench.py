@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from lensperf.bench.measure import flops_per_image, train_step_rate
+from lensperf.bench.measure import flops_per_image, interleaved_rates, train_step_rate
 from lensperf.bench.reference import ReferenceMAE
 from lensperf.bench.tables import markdown, plot
 from lensperf.bench.throughput import summarize
@@ -52,6 +52,61 @@ def test_train_step_rate_and_flops():
     per_image = flops_per_image(MAE(SMALL), lambda m: m(images)[0], 4)
     # The MLPs alone: 2 linears of 32x128 on 17 encoder tokens, fwd + 2x bwd, times 2 FLOPs.
     assert per_image > 3 * 2 * 2 * 32 * 128 * 17
+
+
+def test_interleaved_rates_time_one_window_of_each_in_turn():
+    """Warm-up of each step, then rounds of one window each, each round starting one further
+    along: a drifting host meets every step alike."""
+    calls = []
+
+    def step(name):
+        def run():
+            calls.append(name)
+            return torch.tensor(float(len(name)))
+
+        return run
+
+    steps = {name: (step(name), 4) for name in ("a", "bb", "ccc")}
+    rates = interleaved_rates(steps, device=torch.device("cpu"), warmup=1, windows=3,
+                              steps_per_window=2)  # fmt: skip
+    windows = ["a", "a", "bb", "bb", "ccc", "ccc", "bb", "bb", "ccc", "ccc", "a", "a",
+               "ccc", "ccc", "a", "a", "bb", "bb"]  # fmt: skip
+    assert calls == ["a", "bb", "ccc", *windows]
+    for name, r in rates.items():
+        assert len(r["windows"]) == 3 and r["images_per_s"] > 0
+        assert r["final_loss"] == len(name)
+
+
+def test_throughput_times_each_tasks_workloads_in_every_mode(monkeypatch):
+    """Every workload of a task (lensperf, its reference, its brightest patches) gets a rate
+    in each of its modes, from one interleaved timing per task."""
+    import lensperf.bench.throughput as T
+
+    images = torch.rand(2, 1, 64, 64)
+    tiny = {
+        "pretrain": (lambda sdpa: MAE(SMALL), lambda m: m(images)[0], 2),
+        "pretrain_reference": (lambda sdpa: ReferenceMAE(SMALL), lambda m: m(images)[0], 2),
+        "pretrain_brightest": (lambda sdpa: MAE(SMALL), lambda m: m(images)[0], 2),
+    }
+    monkeypatch.setattr(T, "workloads", lambda batch, device: tiny)
+    monkeypatch.setattr(T, "BENCH_CONFIGS", {"pretrain": None})
+    monkeypatch.setattr(T, "native_bf16", lambda device: False)
+    timed = []
+    real = T.interleaved_rates
+
+    def spy(steps, **kw):
+        timed.append(sorted(steps))
+        return real(steps, **kw)
+
+    monkeypatch.setattr(T, "interleaved_rates", spy)
+    cpu = torch.device("cpu")
+    results = T.throughput({"pretrain": 2}, cpu, {"warmup": 1, "windows": 2,
+                                                  "steps_per_window": 1})  # fmt: skip
+    modes = ["compiled_fp32", "eager_fp32"]
+    assert timed == [[(name, mode) for name in sorted(tiny) for mode in modes]]
+    for name in tiny:
+        assert sorted(results[name]) == modes
+        assert all(r["batch"] == 2 and len(r["windows"]) == 2 for r in results[name].values())
 
 
 def fake_results():

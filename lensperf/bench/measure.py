@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -57,23 +57,49 @@ def train_step_rate(
     """Median images/s of full training steps (forward, backward, AdamW)."""
     step = training_step(model, loss_fn, device=device, amp=amp, compile_=compile_,
                          compile_mode=compile_mode)  # fmt: skip
-    start = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    warmup_s = time.perf_counter() - start
-    rates = []
-    for _ in range(windows):
+    timing = dict(warmup=warmup, windows=windows, steps_per_window=steps_per_window)
+    return interleaved_rates({"step": (step, batch_size)}, device=device, **timing)["step"]
+
+
+def interleaved_rates(
+    steps: dict[Hashable, tuple[Callable[[], torch.Tensor], int]],
+    *,
+    device: torch.device,
+    warmup: int,
+    windows: int,
+    steps_per_window: int,
+) -> dict[Hashable, dict]:
+    """Median images/s of each of `steps` (name -> (step, batch size)), their windows
+    interleaved: one window of each in turn, each round starting one further along. A shared
+    host's speed drifts by tens of percent within a minute; timed one after another, two steps
+    would meet different speeds, while interleaved they meet the same drift."""
+    warmup_s = {}
+    for name, (step, _) in steps.items():
         start = time.perf_counter()
-        for _ in range(steps_per_window):
-            loss = step()
+        for _ in range(warmup):
+            step()
         sync(device)
-        rates.append(batch_size * steps_per_window / (time.perf_counter() - start))
+        warmup_s[name] = time.perf_counter() - start
+    names = list(steps)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    losses = {}
+    for round_ in range(windows):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            step, batch_size = steps[name]
+            start = time.perf_counter()
+            for _ in range(steps_per_window):
+                losses[name] = step()
+            sync(device)
+            rates[name].append(batch_size * steps_per_window / (time.perf_counter() - start))
     return {
-        "images_per_s": statistics.median(rates),
-        "windows": [round(r, 1) for r in rates],
-        "warmup_s": round(warmup_s, 2),
-        "final_loss": float(loss.detach()),
+        name: {
+            "images_per_s": statistics.median(rates[name]),
+            "windows": [round(r, 1) for r in rates[name]],
+            "warmup_s": round(warmup_s[name], 2),
+            "final_loss": float(losses[name].detach()),
+        }
+        for name in names
     }
 
 

@@ -3,7 +3,9 @@ same size (reference.py), both through every switch a user has: eager fp32, comp
 compiled + bf16 (where bf16 is native), and on CUDA compiled + bf16 with lensperf's Triton
 kernels or, for the reference, with `scaled_dot_product_attention`. The summary compares
 lensperf's best mode with the reference's *best* mode, beside the fraction of the measured
-matmul peak each reaches in model FLOPs.
+matmul peak each reaches in model FLOPs. A task's models and modes are timed in interleaved
+windows (measure.interleaved_rates): on a shared host whose speed drifts, models timed one after
+the other were measured 0.66-0.88x apart that were at parity side by side.
 
 lensperf's `cpu` recipes pass only the brightest patches of each image through the encoder
 (`token_keep`: the arc, not the empty sky). The same models with that setting are measured as
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lensperf.bench.measure import flops_per_image, matmul_peak, train_step_rate
+from lensperf.bench.measure import flops_per_image, interleaved_rates, matmul_peak, training_step
 from lensperf.bench.reference import ReferenceClassifier, ReferenceMAE, ReferenceViT
 from lensperf.config import load_config
 from lensperf.models import MAEConfig, SuperResolution, ViTConfig, ops
@@ -109,24 +111,48 @@ def _task_loss(task, batch: dict, model) -> torch.Tensor:
 
 
 def throughput(batch: dict[str, int], device: torch.device, timing: dict) -> dict:
-    """images/s of every workload in every mode it gets: results[name][mode]."""
+    """images/s of every workload in every mode it gets: results[name][mode]. Each task's
+    workloads (lensperf's model, its reference, lensperf's brightest-patch model) are timed
+    together in interleaved windows, so that their ratios do not depend on when each ran."""
     found = workloads(batch, device)
-    plan = [
-        (name, mode) for name in found for mode in modes(device, reference=name.endswith(REFERENCE))
-    ]
     results: dict = {}
-    with progress(total=len(plan), desc="bench throughput", unit="run") as bar:
-        for name, mode in plan:
-            make, loss_fn, batch_size = found[name]
-            torch.manual_seed(0)
+    with progress(total=len(BENCH_CONFIGS), desc="bench throughput", unit="task") as bar:
+        for task in BENCH_CONFIGS:
             torch._dynamo.reset()
-            with ops.kernels_switched("on" if mode.kernels else "off"):
-                r = train_step_rate(make(mode.sdpa), loss_fn, batch_size, device=device,
-                                    amp=mode.amp, compile_=mode.compile,
-                                    compile_mode=mode.compile_mode, **timing)  # fmt: skip
-            results.setdefault(name, {})[mode.name] = {"batch": batch_size, **r}
+            steps = _task_steps(task, found, device)
+            # one model class compiled in several modes and token_keeps: more graphs than
+            # dynamo's default limit of 8 a function, past which it would silently run eager
+            with torch._dynamo.config.patch(recompile_limit=64):
+                rates = interleaved_rates(steps, device=device, **timing)
+            for (name, mode), r in rates.items():
+                results.setdefault(name, {})[mode] = {"batch": steps[name, mode][1], **r}
             bar.update(1)
     return results
+
+
+def _task_steps(task: str, found: dict, device: torch.device) -> dict:
+    """(workload, mode) -> (training step, batch size) for every workload of `task`."""
+    steps = {}
+    for name in (task, task + REFERENCE, task + BRIGHTEST):
+        if name not in found:
+            continue
+        make, loss_fn, batch_size = found[name]
+        for mode in modes(device, reference=name.endswith(REFERENCE)):
+            torch.manual_seed(0)
+            step = training_step(make(mode.sdpa), loss_fn, device=device, amp=mode.amp,
+                                 compile_=mode.compile, compile_mode=mode.compile_mode)  # fmt: skip
+            steps[name, mode.name] = (_kernels_switched(step, mode.kernels), batch_size)
+    return steps
+
+
+def _kernels_switched(step: Callable[[], torch.Tensor], kernels: bool) -> Callable:
+    """`step` with lensperf's Triton kernels switched on or off while it runs (and compiles)."""
+
+    def run() -> torch.Tensor:
+        with ops.kernels_switched("on" if kernels else "off"):
+            return step()
+
+    return run
 
 
 def flops(batch: dict[str, int], device: torch.device, rates: dict) -> dict:
