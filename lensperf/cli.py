@@ -370,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="training throughput, FLOPs, loader speed and time-to-target on this machine",
         description="Measure MAE pretraining, classification and SR fine-tuning throughput "
         "(eager fp32, compiled, compiled + bf16, and compiled + bf16 + Triton kernels on CUDA), "
-        "a plain reference MAE in the same run, FLOPs per image against the measured matmul "
-        "peak, the loaders, and optionally time-to-target. Writes results.json, results.md, "
+        "plain reference models of the same size timed in interleaved windows with them, FLOPs "
+        "per image against the measured matmul peak, the loaders, and optionally "
+        "time-to-target. Writes results.json, results.md, "
         "throughput.png and profile.txt to --out.",
     )
     p.add_argument("--out", type=Path, default=Path("bench"), help="default: bench/")

@@ -77,9 +77,10 @@ def test_interleaved_rates_time_one_window_of_each_in_turn():
         assert r["final_loss"] == len(name)
 
 
-def test_throughput_times_each_tasks_workloads_in_every_mode(monkeypatch):
-    """Every workload of a task (lensperf, its reference, its brightest patches) gets a rate
-    in each of its modes, from one interleaved timing per task."""
+def test_throughput_times_every_mode_then_the_best_modes_head_to_head(monkeypatch):
+    """Every workload of a task (lensperf, its reference, its brightest patches) gets a rate in
+    each of its modes from one interleaved timing, then its best mode is timed again beside the
+    others' and the ratios come from neighbouring windows."""
     import lensperf.bench.throughput as T
 
     images = torch.rand(2, 1, 64, 64)
@@ -95,18 +96,41 @@ def test_throughput_times_each_tasks_workloads_in_every_mode(monkeypatch):
     real = T.interleaved_rates
 
     def spy(steps, **kw):
-        timed.append(sorted(steps))
+        timed.append((sorted(steps), kw["windows"]))
         return real(steps, **kw)
 
     monkeypatch.setattr(T, "interleaved_rates", spy)
     cpu = torch.device("cpu")
-    results = T.throughput({"pretrain": 2}, cpu, {"warmup": 1, "windows": 2,
-                                                  "steps_per_window": 1})  # fmt: skip
+    timing = {"warmup": 1, "windows": 2, "steps_per_window": 1}
+    results = T.throughput({"pretrain": 2}, cpu, timing, {**timing, "windows": 3})
     modes = ["compiled_fp32", "eager_fp32"]
-    assert timed == [[(name, mode) for name in sorted(tiny) for mode in modes]]
+    assert timed[0] == ([(name, mode) for name in sorted(tiny) for mode in modes], 2)
+    assert timed[1] == (sorted(tiny), 3)  # the head to head: one mode a workload
     for name in tiny:
-        assert sorted(results[name]) == modes
-        assert all(r["batch"] == 2 and len(r["windows"]) == 2 for r in results[name].values())
+        assert sorted(results["throughput"][name]) == modes
+        assert all(r["batch"] == 2 for r in results["throughput"][name].values())
+    duel = results["head_to_head"]["pretrain"]
+    for name in tiny:  # each workload's head-to-head mode is its fastest in the sweep
+        sweep = results["throughput"][name]
+        assert duel["modes"][name] == max(sweep, key=lambda m: sweep[m]["images_per_s"])
+        assert len(duel["rates"][name]["windows"]) == 3
+    assert set(duel["vs_reference"]) == {"pretrain", "pretrain_brightest"}
+
+
+def test_head_to_head_ratios_are_medians_of_neighbouring_windows():
+    """The host runs at full speed, then at half, then changes speed between the two windows of
+    one round: the ratios of neighbouring windows still give the models' 1.2x, where the ratio of
+    the rates' medians would give 0.9x."""
+    from lensperf.bench.throughput import paired_ratios
+
+    duel = {
+        "pretrain": {"windows": [120, 60, 90]},
+        "pretrain_brightest": {"windows": [240, 120, 240]},
+        "pretrain_reference": {"windows": [100, 50, 100]},
+    }
+    assert paired_ratios(duel, "pretrain") == pytest.approx(
+        {"pretrain": 1.2, "pretrain_brightest": 2.4}
+    )
 
 
 def fake_results():
@@ -134,7 +158,7 @@ def fake_results():
         "quick": True,
         "timing": {},
         "throughput": throughput,
-        "flops": {"matmul_peak_tflops": {"fp32": 1.0, "bf16": 2.0}, "tasks": fractions},
+        "flops": {"matmul_peak_tflops": {"fp32": 0.5, "bf16": 0.5}, "tasks": fractions},
         "loader_images_per_s": {"memory_0w": 5000.0, "torch_0w": 1000.0},
     }  # fmt: skip
 
@@ -163,6 +187,25 @@ def test_summary_ratios_are_against_the_references_best_mode(tmp_path):
     plot(results, tmp_path / "t.png")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     json.dumps(results)
+
+
+def test_summary_takes_ratios_and_rates_from_the_head_to_head():
+    results = fake_results()
+    run = lambda rate: {"images_per_s": rate, "windows": [rate]}  # noqa: E731
+    results["head_to_head"] = {
+        task: {"modes": {n: "compiled_bf16" for n in results["throughput"] if n.startswith(task)},
+               "rates": {n: run(100.0) for n in results["throughput"] if n.startswith(task)},
+               "vs_reference": {task: 1.1, f"{task}_brightest": 3.0}}
+        for task in ("pretrain", "finetune_cls", "finetune_sr")
+    }  # fmt: skip
+    s = summarize(results)
+    cls = s["tasks"]["finetune_cls"]
+    assert cls["vs_reference_best"] == 1.1 and cls["brightest_vs_reference_best"] == 3.0
+    assert cls["images_per_s"] == cls["reference_images_per_s"] == 100.0
+    assert cls["fraction_of_peak"] == pytest.approx(0.5e9 * 100 / 0.5e12)
+    assert s["tasks"]["pretrain"]["vs_own_eager_fp32"] == pytest.approx(100 / 100)
+    results["summary"] = s
+    assert "**3.00x** (1.3x)" in markdown(results)
 
 
 def test_bf16_modes_only_where_bf16_is_native(monkeypatch):

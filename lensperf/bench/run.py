@@ -47,6 +47,14 @@ class Settings:
             return {"warmup": 2, "windows": 3, "steps_per_window": 2}
         return {"warmup": 3, "windows": 5, "steps_per_window": 5}
 
+    @property
+    def duel_timing(self) -> dict[str, int]:
+        """The head-to-head of each task's best modes: many short windows, so that neighbours
+        meet the same speed of a drifting host."""
+        if self.quick:
+            return {"warmup": 1, "windows": 6, "steps_per_window": 1}
+        return {"warmup": 1, "windows": 20, "steps_per_window": 2}
+
 
 def _environment(device: torch.device) -> dict:
     import importlib.metadata as md
@@ -148,8 +156,8 @@ def run_bench(
     settings = Settings(quick=quick, device=device)
     out.mkdir(parents=True, exist_ok=True)
     results = {"environment": _environment(device), "quick": quick, "batch": settings.batch,
-               "timing": settings.timing}  # fmt: skip
-    results["throughput"] = throughput(settings.batch, device, settings.timing)
+               "timing": settings.timing, "duel_timing": settings.duel_timing}  # fmt: skip
+    results.update(throughput(settings.batch, device, settings.timing, settings.duel_timing))
     results["flops"] = flops(settings.batch, device, results["throughput"])
     with tempfile.TemporaryDirectory(prefix="lensperf-bench-") as tmp:
         results["loader_images_per_s"] = loader_rate(settings, Path(tmp))

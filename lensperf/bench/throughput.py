@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -110,12 +111,19 @@ def _task_loss(task, batch: dict, model) -> torch.Tensor:
     return task.loss(model, batch)
 
 
-def throughput(batch: dict[str, int], device: torch.device, timing: dict) -> dict:
-    """images/s of every workload in every mode it gets: results[name][mode]. Each task's
-    workloads (lensperf's model, its reference, lensperf's brightest-patch model) are timed
-    together in interleaved windows, so that their ratios do not depend on when each ran."""
+def throughput(
+    batch: dict[str, int], device: torch.device, timing: dict, duel_timing: dict
+) -> dict:
+    """Two timings per task, in one process:
+    - "throughput": images/s of every workload in every mode it gets, results[name][mode], each
+      task's workloads (lensperf's model, its reference, its brightest-patch model) and modes
+      timed together in interleaved windows;
+    - "head_to_head": the best mode of each of those workloads again, in short windows taken in
+      turn (`duel_timing`), and lensperf's ratios to the reference as the median of the ratios
+      of neighbouring windows. A shared host's speed drifts by tens of percent within a minute,
+      so rates taken apart in time differ by more than the models do; neighbours meet alike."""
     found = workloads(batch, device)
-    results: dict = {}
+    results: dict = {"throughput": {}, "head_to_head": {}}
     with progress(total=len(BENCH_CONFIGS), desc="bench throughput", unit="task") as bar:
         for task in BENCH_CONFIGS:
             torch._dynamo.reset()
@@ -124,10 +132,28 @@ def throughput(batch: dict[str, int], device: torch.device, timing: dict) -> dic
             # dynamo's default limit of 8 a function, past which it would silently run eager
             with torch._dynamo.config.patch(recompile_limit=64):
                 rates = interleaved_rates(steps, device=device, **timing)
-            for (name, mode), r in rates.items():
-                results.setdefault(name, {})[mode] = {"batch": steps[name, mode][1], **r}
+                sweep: dict = {}
+                for (name, mode), r in rates.items():
+                    sweep.setdefault(name, {})[mode] = {"batch": steps[name, mode][1], **r}
+                best = {name: best_mode(modes_)[0] for name, modes_ in sweep.items()}
+                duel = interleaved_rates({name: steps[name, mode] for name, mode in best.items()},
+                                         device=device, **duel_timing)  # fmt: skip
+            results["throughput"].update(sweep)
+            results["head_to_head"][task] = {"modes": best, "rates": duel,
+                                             "vs_reference": paired_ratios(duel, task)}  # fmt: skip
             bar.update(1)
     return results
+
+
+def paired_ratios(duel: dict, task: str) -> dict[str, float]:
+    """Each of lensperf's workloads of `task` over the reference: the median, over rounds, of
+    its window's images/s over the reference's window of the same round."""
+    reference = duel[task + REFERENCE]["windows"]
+    return {
+        name: statistics.median(ours / theirs for ours, theirs in zip(r["windows"], reference))
+        for name, r in duel.items()
+        if name != task + REFERENCE
+    }
 
 
 def _task_steps(task: str, found: dict, device: torch.device) -> dict:
@@ -185,29 +211,44 @@ def best_mode(modes_: dict) -> tuple[str | None, float | None]:
 
 
 def summarize(results: dict) -> dict:
-    """Per task: lensperf's best mode over the reference's best mode, and each best mode's
-    fraction of the matmul peak; lensperf's speedup over its own eager fp32."""
-    t, fractions = results["throughput"], results["flops"]["tasks"]
+    """Per task: lensperf's best mode over the reference's best mode (from the head-to-head
+    timing where there is one), each best mode's images/s and fraction of the matmul peak, and
+    lensperf's speedup over its own eager fp32."""
+    t = results["throughput"]
+    duels = results.get("head_to_head", {})
     summary: dict = {"tasks": {}}
     for task in BENCH_CONFIGS:
-        ours, ours_rate = best_mode(t[task])
-        ref, ref_rate = best_mode(t[task + REFERENCE])
+        names = [n for n in (task, task + REFERENCE, task + BRIGHTEST) if n in t]
+        if task in duels:  # the best modes timed in neighbouring windows
+            duel = duels[task]
+            best = {n: (duel["modes"][n], duel["rates"][n]["images_per_s"]) for n in names}
+            ratio = duel["vs_reference"]
+        else:  # an older result: the rates of the mode sweep
+            best = {n: best_mode(t[n]) for n in names}
+            ratio = {n: best[n][1] / best[task + REFERENCE][1] for n in names}
         summary["tasks"][task] = {
-            "best_mode": ours,
-            "reference_best_mode": ref,
-            "vs_reference_best": ours_rate / ref_rate,
-            "vs_own_eager_fp32": ours_rate / t[task]["eager_fp32"]["images_per_s"],
-            "fraction_of_peak": fractions[task]["fraction_of_peak"][ours],
-            "reference_fraction_of_peak": fractions[task + REFERENCE]["fraction_of_peak"][ref],
+            **_best_entry(results, task, *best[task]),
+            **_best_entry(results, task + REFERENCE, *best[task + REFERENCE], "reference_"),
+            "vs_reference_best": ratio[task],
+            "vs_own_eager_fp32": best[task][1] / t[task]["eager_fp32"]["images_per_s"],
         }
         if task + BRIGHTEST in t:
-            sparse, sparse_rate = best_mode(t[task + BRIGHTEST])
             summary["tasks"][task].update(
-                brightest_best_mode=sparse,
-                brightest_vs_reference_best=sparse_rate / ref_rate,
-                brightest_fraction_of_peak=fractions[task + BRIGHTEST]["fraction_of_peak"][sparse],
+                **_best_entry(results, task + BRIGHTEST, *best[task + BRIGHTEST], "brightest_"),
+                brightest_vs_reference_best=ratio[task + BRIGHTEST],
             )
     if "loader_images_per_s" in results:
         loader_best = max(results["loader_images_per_s"].values())
         summary["loader_vs_pretrain_consumption"] = loader_best / best_mode(t["pretrain"])[1]
     return summary
+
+
+def _best_entry(results: dict, name: str, mode: str, rate: float, prefix: str = "") -> dict:
+    """A workload's best mode, its images/s and the fraction of the matmul peak that reaches."""
+    flops_, peaks = results["flops"]["tasks"][name], results["flops"]["matmul_peak_tflops"]
+    peak = peaks["bf16" if "bf16" in mode else "fp32"] * 1e12
+    return {
+        f"{prefix}best_mode": mode,
+        f"{prefix}images_per_s": rate,
+        f"{prefix}fraction_of_peak": flops_["gflops_per_image"] * 1e9 * rate / peak,
+    }
