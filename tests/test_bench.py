@@ -105,7 +105,8 @@ def test_throughput_times_every_mode_then_the_best_modes_head_to_head(monkeypatc
     results = T.throughput({"pretrain": 2}, cpu, timing, {**timing, "windows": 3})
     modes = ["compiled_fp32", "eager_fp32"]
     assert timed[0] == ([(name, mode) for name in sorted(tiny) for mode in modes], 2)
-    assert timed[1] == (sorted(tiny), 3)  # the head to head: one mode a workload
+    # the head to head: one mode a workload, and square matmuls timed beside them
+    assert timed[1] == (sorted([*tiny, "matmul_peak"]), 3)
     for name in tiny:
         assert sorted(results["throughput"][name]) == modes
         assert all(r["batch"] == 2 for r in results["throughput"][name].values())
@@ -115,6 +116,8 @@ def test_throughput_times_every_mode_then_the_best_modes_head_to_head(monkeypatc
         assert duel["modes"][name] == max(sweep, key=lambda m: sweep[m]["images_per_s"])
         assert len(duel["rates"][name]["windows"]) == 3
     assert set(duel["vs_reference"]) == {"pretrain", "pretrain_brightest"}
+    assert duel["matmul_peak"]["dtype"] == "fp32" and len(duel["matmul_peak"]["windows"]) == 3
+    assert duel["matmul_peak"]["flops_per_s"] > 1e9  # FLOP/s, not calls a second
 
 
 def test_head_to_head_ratios_are_medians_of_neighbouring_windows():
@@ -198,11 +201,22 @@ def test_summary_takes_ratios_and_rates_from_the_head_to_head():
                "vs_reference": {task: 1.1, f"{task}_brightest": 3.0}}
         for task in ("pretrain", "finetune_cls", "finetune_sr")
     }  # fmt: skip
+    # the peak timed beside the classifier's windows: 2x the run's peak, then the run's peak
+    results["head_to_head"]["finetune_cls"]["matmul_peak"] = {
+        "dtype": "bf16", "flops_per_s": 0.75e12, "windows": [1e12, 0.5e12, 0.5e12]}  # fmt: skip
+    rates = results["head_to_head"]["finetune_cls"]["rates"]
+    rates["finetune_cls"]["windows"] = [200, 60, 60]
+    rates["finetune_cls_reference"]["windows"] = [100, 100, 100]
     s = summarize(results)
     cls = s["tasks"]["finetune_cls"]
     assert cls["vs_reference_best"] == 1.1 and cls["brightest_vs_reference_best"] == 3.0
     assert cls["images_per_s"] == cls["reference_images_per_s"] == 100.0
-    assert cls["fraction_of_peak"] == pytest.approx(0.5e9 * 100 / 0.5e12)
+    # each round against its own peak: the medians of 0.5e9 * (200 / 1e12, 60 / 0.5e12,
+    # 60 / 0.5e12) and of 0.5e9 * (100 / 1e12, 100 / 0.5e12, 100 / 0.5e12)
+    assert cls["fraction_of_peak"] == pytest.approx(0.06)
+    assert cls["reference_fraction_of_peak"] == pytest.approx(0.1)
+    # without a peak beside: against the run's peak of 0.5 TFLOP/s
+    assert s["tasks"]["finetune_sr"]["fraction_of_peak"] == pytest.approx(0.5e9 * 100 / 0.5e12)
     assert s["tasks"]["pretrain"]["vs_own_eager_fp32"] == pytest.approx(100 / 100)
     results["summary"] = s
     assert "**3.00x** (1.3x)" in markdown(results)

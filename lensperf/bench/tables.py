@@ -42,7 +42,9 @@ def throughput_section(results: dict) -> list[str]:
         "lensperf's models against plain reference models of the same size (public-code style) "
         "through the same switches. The best mode of each is timed again head to head, in "
         "short windows taken in turn; each ratio is the median of neighbouring windows' ratios, "
-        "against the reference's *best* mode, and images/s are those windows' medians. "
+        "against the reference's *best* mode, and images/s are those windows' medians. The "
+        "fraction of the peak is against square matmuls timed among those windows (the median "
+        "of each round's), because a shared host's peak drifts too. "
         "\"Brightest patches only\": lensperf's model at its `cpu` recipe's `token_keep`, "
         "which passes only the patches holding the lensed arc through the encoder; its FLOPs "
         "are counted as executed.",
