@@ -100,11 +100,21 @@ def test_throughput_times_every_mode_then_the_best_modes_head_to_head(monkeypatc
         return real(steps, **kw)
 
     monkeypatch.setattr(T, "interleaved_rates", spy)
+    optimizers = set()
+    real_step = T.training_step
+
+    def step_spy(model, loss_fn, **kw):
+        optimizers.add((type(model).__name__, kw["fused_adamw"]))
+        return real_step(model, loss_fn, **kw)
+
+    monkeypatch.setattr(T, "training_step", step_spy)
     cpu = torch.device("cpu")
     timing = {"warmup": 1, "windows": 2, "steps_per_window": 1}
     results = T.throughput({"pretrain": 2}, cpu, timing, {**timing, "windows": 3})
     modes = ["compiled_fp32", "eager_fp32"]
     assert timed[0] == ([(name, mode) for name in sorted(tiny) for mode in modes], 2)
+    # lensperf's steps with its trainer's fused AdamW, the reference's with torch's default
+    assert optimizers == {("MAE", True), ("ReferenceMAE", False)}
     # the head to head: one mode a workload, and square matmuls timed beside them
     assert timed[1] == (sorted([*tiny, "matmul_peak"]), 3)
     for name in tiny:

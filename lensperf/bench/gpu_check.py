@@ -92,7 +92,7 @@ def _pytest(args: list[str], log: Path, env_extra: dict | None = None) -> int:
 
 def _stage_throughput(out: Path, dry: bool) -> dict:
     from lensperf.bench import throughput as T
-    from lensperf.bench.measure import flops_per_image, matmul_peak
+    from lensperf.bench.measure import flops_per_image, matmul_peak, train_step_rate
 
     device = _device()
     batch = {"pretrain": 2, "finetune_cls": 2, "finetune_sr": 1} if dry else (
@@ -128,9 +128,10 @@ def _stage_throughput(out: Path, dry: bool) -> dict:
             torch._dynamo.reset()
             try:  # one mode that fails (a kernel that does not compile) costs only its row
                 with T.ops.kernels_switched("on" if mode.kernels else "off"):
-                    r = T.train_step_rate(
+                    r = train_step_rate(
                         make(mode.sdpa), loss_fn, size, device=device, amp=mode.amp,
-                        compile_=mode.compile, compile_mode=mode.compile_mode, **timing,
+                        compile_=mode.compile, compile_mode=mode.compile_mode,
+                        fused_adamw=not name.endswith(T.REFERENCE), **timing,
                     )  # fmt: skip
                 r["peak_fraction"] = r["images_per_s"] * flops / peak
             except Exception as error:  # noqa: BLE001 - recorded in the report, not swallowed
@@ -162,7 +163,8 @@ def _profile_mae(workload, device: torch.device, dry: bool) -> dict:
     torch._dynamo.reset()
     try:
         with T.ops.kernels_switched("on" if cuda else "off"):
-            step = training_step(make(False), loss_fn, device=device, amp=cuda, compile_=not dry)
+            step = training_step(make(False), loss_fn, device=device, amp=cuda, compile_=not dry,
+                                 fused_adamw=True)  # fmt: skip
             return {"batch": size, **profile_step(step, device, steps=1 if dry else 3)}
     except Exception as error:  # noqa: BLE001 - recorded in the report, not swallowed
         return {"error": f"{type(error).__name__}: {error}"[:500]}

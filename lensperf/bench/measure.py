@@ -20,11 +20,13 @@ def sync(device: torch.device) -> None:
 
 def training_step(
     model: torch.nn.Module, loss_fn: Callable, *, device: torch.device, amp: bool,
-    compile_: bool, compile_mode: str = "default",
+    compile_: bool, compile_mode: str = "default", fused_adamw: bool = False,
 ) -> Callable[[], torch.Tensor]:  # fmt: skip
-    """One full training step (forward, backward, AdamW) of `model` as a callable."""
+    """One full training step (forward, backward, AdamW) of `model` as a callable. lensperf's
+    trainer runs AdamW as one fused kernel (`fused_adamw`); code written the obvious way gets
+    torch's default, a loop over the parameters on a CPU."""
     model = model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw or None)
     step_model = torch.compile(model, mode=compile_mode) if compile_ else model
     graphs = replays_cuda_graphs(compile_, compile_mode, device)
 
@@ -53,10 +55,11 @@ def train_step_rate(
     windows: int,
     steps_per_window: int,
     compile_mode: str = "default",
+    fused_adamw: bool = False,
 ) -> dict:
     """Median images/s of full training steps (forward, backward, AdamW)."""
     step = training_step(model, loss_fn, device=device, amp=amp, compile_=compile_,
-                         compile_mode=compile_mode)  # fmt: skip
+                         compile_mode=compile_mode, fused_adamw=fused_adamw)  # fmt: skip
     timing = dict(warmup=warmup, windows=windows, steps_per_window=steps_per_window)
     return interleaved_rates({"step": (step, batch_size)}, device=device, **timing)["step"]
 

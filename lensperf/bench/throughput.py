@@ -188,10 +188,13 @@ def _task_steps(task: str, found: dict, device: torch.device) -> dict:
         if name not in found:
             continue
         make, loss_fn, batch_size = found[name]
-        for mode in modes(device, reference=name.endswith(REFERENCE)):
+        reference = name.endswith(REFERENCE)
+        for mode in modes(device, reference=reference):
             torch.manual_seed(0)
+            # lensperf's steps with its trainer's fused AdamW, the references with the default
             step = training_step(make(mode.sdpa), loss_fn, device=device, amp=mode.amp,
-                                 compile_=mode.compile, compile_mode=mode.compile_mode)  # fmt: skip
+                                 compile_=mode.compile, compile_mode=mode.compile_mode,
+                                 fused_adamw=not reference)  # fmt: skip
             steps[name, mode.name] = (_kernels_switched(step, mode.kernels), batch_size)
     return steps
 
