@@ -3,11 +3,15 @@ the bench's size, each trained the way the bench times it (compiled, bf16 where 
 with its trainer's fused AdamW, the reference with torch's default), on the same store, the same
 batches in the same order and the same schedule, over a few seeds. It records the training loss
 at every step and each model's validation loss at the end (eager fp32, the same masks for both),
-and says whether lensperf's mean is within the seeds' spread of the reference's.
+and says whether each lensperf arm's mean is within the seeds' spread of the reference's.
+
+Two lensperf arms: "lensperf_same_init" starts from the reference's initial weights, so that
+only the speed work (its attention, masking, fused AdamW, compiled graphs) differs;
+"lensperf" starts from its own initialisation (xavier-uniform linears, as the MAE paper's).
 
     python -m lensperf.bench.loss_parity --store data/model_ii.zarr --out bench/loss_parity.json
 
-About 10 minutes on 2 cores with the defaults (500 steps of 128 images, 2 seeds)."""
+About 15 minutes on 2 cores with the defaults (500 steps of 128 images, 2 seeds)."""
 
 from __future__ import annotations
 
@@ -26,7 +30,24 @@ from lensperf.models import MAE, MAEConfig, ops
 from lensperf.progress import progress
 from lensperf.runtime import native_bf16
 
-MODELS = {"lensperf": (MAE, True), "reference": (ReferenceMAE, False)}  # class, fused AdamW
+
+def _reference(config: MAEConfig) -> torch.nn.Module:
+    return ReferenceMAE(config)
+
+
+def _lensperf_same_init(config: MAEConfig) -> torch.nn.Module:
+    """lensperf's MAE holding the weights the reference starts from (drawn from the same
+    seed): its encoder's parameters are the reference's top-level ones."""
+    start = ReferenceMAE(config).state_dict()
+    model = MAE(config)
+    model.load_state_dict({name: start[name.removeprefix("encoder.")]
+                           for name in model.state_dict()})  # fmt: skip
+    return model
+
+
+# name -> (model from a config, fused AdamW); the reference first: the others are against it
+MODELS = {"reference": (_reference, False), "lensperf_same_init": (_lensperf_same_init, True),
+          "lensperf": (MAE, True)}  # fmt: skip
 LR, WARMUP = 1.5e-3, 0.1  # the cpu recipe's peak rate (batch 128); warm-up fraction of steps
 
 
@@ -83,9 +104,9 @@ def run(
     tail = max(1, steps // 10)
     with progress(total=seeds * len(MODELS), desc="loss parity", unit="run") as bar:
         for seed in range(seeds):
-            for name, (model_type, fused) in MODELS.items():
+            for name, (build, fused) in MODELS.items():
                 torch.manual_seed(seed)
-                model = model_type(config)
+                model = build(config)
                 train = make_loader(store, "train", batch_size=batch_size, backend="memory",
                                     augment=True, seed=seed, drop_last=True)  # fmt: skip
                 with ops.kernels_switched("off"):  # the reference has no kernels
@@ -101,16 +122,20 @@ def run(
 
 
 def summarize(runs: dict) -> dict:
-    """Per measure: each side's mean over seeds, the difference, and the seeds' spread (the
-    largest gap between two seeds of one side); within noise when the difference is no larger."""
-    out = {}
-    for measure in ("final_train_loss", "val_loss"):
-        values = {name: [r[measure] for r in rs] for name, rs in runs.items()}
-        spread = max(max(v) - min(v) for v in values.values())
-        means = {name: statistics.mean(v) for name, v in values.items()}
-        difference = means["lensperf"] - means["reference"]
-        out[measure] = {**means, "difference": difference, "seed_spread": spread,
-                        "within_noise": abs(difference) <= spread}  # fmt: skip
+    """Per lensperf arm and measure: each side's mean over seeds, the difference, and the seeds'
+    spread (the largest gap between two seeds of one side); within noise when the difference is
+    no larger."""
+    out: dict = {}
+    for arm in (name for name in runs if name != "reference"):
+        for measure in ("final_train_loss", "val_loss"):
+            values = {name: [r[measure] for r in runs[name]] for name in (arm, "reference")}
+            spread = max(max(v) - min(v) for v in values.values())
+            means = {name: statistics.mean(v) for name, v in values.items()}
+            difference = means[arm] - means["reference"]
+            out.setdefault(arm, {})[measure] = {
+                "lensperf": means[arm], "reference": means["reference"], "difference": difference,
+                "seed_spread": spread, "within_noise": abs(difference) <= spread,
+            }  # fmt: skip
     return out
 
 
@@ -132,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.store, steps=args.steps, seeds=args.seeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    for measure, s in result["summary"].items():
-        print(f"{measure}: lensperf {s['lensperf']:.5f}, reference {s['reference']:.5f}, "
-              f"difference {s['difference']:+.5f}, seeds' spread {s['seed_spread']:.5f}: "
-              f"{'within' if s['within_noise'] else 'outside'} noise")  # fmt: skip
+    for arm, measures in result["summary"].items():
+        for measure, s in measures.items():
+            print(f"{arm}, {measure}: {s['lensperf']:.5f} against the reference's "
+                  f"{s['reference']:.5f}, difference {s['difference']:+.5f}, seeds' spread "
+                  f"{s['seed_spread']:.5f}: {'within' if s['within_noise'] else 'outside'} "
+                  "noise")  # fmt: skip
     return 0
 
 
