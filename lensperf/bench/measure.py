@@ -84,7 +84,7 @@ def interleaved_rates(
         sync(device)
         warmup_s[name] = time.perf_counter() - start
     names = list(steps)
-    rates: dict[str, list[float]] = {name: [] for name in names}
+    rates: dict[Hashable, list[float]] = {name: [] for name in names}
     losses = {}
     for round_ in range(windows):
         shift = round_ % len(names)
