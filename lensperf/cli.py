@@ -153,10 +153,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
         open_store(args.holdout, CLASSIFICATION, splits=("val",))  # before the training, not after
     if args.long_finetune and not args.time_to_target:
         raise ConfigError("--long-finetune", "adds a time-to-target route: add --time-to-target")
+    if args.long_pretrain and not args.long_finetune:
+        raise ConfigError("--long-pretrain", "pretrains the --long-finetune route: add it")
     results = run_bench(
         args.out, quick=args.quick, with_time_to_target=args.time_to_target,
         store=args.store, sr_store=args.sr_store, seeds=args.seeds, holdout=args.holdout,
-        long_epochs=args.long_finetune,
+        long_epochs=args.long_finetune, long_pretrain_epochs=args.long_pretrain,
     )  # fmt: skip
     print((args.out / "results.md").read_text())
     print(f"wrote {args.out / 'results.json'}")
@@ -408,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --time-to-target, also fine-tune the MAE route's encoder for EPOCHS epochs "
         "(the recipe's: 30), timed with its pretraining: the route given more of the hour "
         "(90 epochs: about 32 more minutes with the cpu recipe)",
+    )  # fmt: skip
+    p.add_argument(
+        "--long-pretrain", type=_positive_int, metavar="EPOCHS",
+        help="with --long-finetune, give that route an encoder of its own pretrained for EPOCHS "
+        "epochs (the recipe's: 20), its time counted: 60 pretraining + 45 fine-tuning epochs is "
+        "the 60-minute route (docs/recipes.md, 'E: the pretraining')",
     )  # fmt: skip
     p.set_defaults(func=cmd_bench)
 

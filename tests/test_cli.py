@@ -89,6 +89,10 @@ def test_simulate_sr_cli(tmp_path):
         # refused at once, not after the hour of training it would follow
         (["bench", "--time-to-target", "--holdout", "h.zarr"], "no dataset store at h.zarr"),
         (["bench", "--long-finetune", "90"], "--long-finetune: adds a time-to-target route"),
+        (
+            ["bench", "--time-to-target", "--long-pretrain", "60"],
+            "--long-pretrain: pretrains the --long-finetune route",
+        ),
     ],
 )
 def test_bad_input_gives_one_line(tmp_path, args, message):

@@ -137,6 +137,26 @@ def test_holdout_scores_each_route_on_another_store_image_by_image(tmp_path, mod
     assert "24 validation images" in table[2] and sum(line.startswith("| ") for line in table) == 4
 
 
+def test_long_route_can_pretrain_an_encoder_of_its_own_and_count_its_time(
+    tmp_path, model_ii_config
+):
+    store = simulate_classification(model_ii_config("n_per_class=12"), tmp_path / "c.zarr")
+    work = tmp_path / "work"
+    # the pretraining's epochs from --long-pretrain, not from the tiny sizes
+    tiny = {**TINY, "pretrain": [o for o in TINY["pretrain"] if not o.startswith("epochs=")]}
+    long = long_route({}, "demo", store, work, (), tiny, epochs=2, pretrain_epochs=3)
+    pretrained = work / "mae_long" / "pretrain"
+    assert yaml.safe_load((pretrained / "config.yaml").open())["epochs"] == 3
+    assert [e["epoch"] for e in eval_records(pretrained)][-1] == pytest.approx(3)
+    tuned = yaml.safe_load((work / "mae_long" / "finetune_cls" / "config.yaml").open())
+    assert tuned["pretrained"] == str(pretrained / "checkpoint.pt")
+    assert [stage["task"] for stage in long["stages"]] == ["pretrain", "finetune_cls"]
+    assert long["offset_s"] == long["stages"][0]["train_s"] > 0
+    own_clock = eval_records(work / "mae_long" / "finetune_cls")[-1]["train_s"]
+    assert long["final"]["train_s"] == pytest.approx(own_clock + long["offset_s"])
+    assert "3-epoch MAE pretraining + 2-epoch" in long["label"]
+
+
 def test_seed_repeats_train_the_fine_tune_and_the_resnet_again_with_new_seeds(
     tmp_path, model_ii_config
 ):

@@ -151,6 +151,7 @@ def run_bench(
     seeds: int = 1,
     holdout: Path | None = None,
     long_epochs: int | None = None,
+    long_pretrain_epochs: int | None = None,
 ) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = Settings(quick=quick, device=device)
@@ -170,6 +171,7 @@ def run_bench(
                 seeds=seeds,
                 holdout=holdout,
                 long_epochs=long_epochs,
+                long_pretrain_epochs=long_pretrain_epochs,
             )
     profile_step(settings, out / "profile.txt")
     results["summary"] = summarize(results)
