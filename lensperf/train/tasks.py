@@ -160,7 +160,8 @@ class ClassifyTask(_FinetuneTask):
         for batch in loader:
             images = batch["image"]
             n = len(images)
-            features = model.embed(torch.cat([symmetric_view(images, v) for v in views]))
+            # One view at a time: a CNN at full resolution runs half as fast on 8x the batch.
+            features = torch.cat([model.embed(symmetric_view(images, v)) for v in views])
             probs = model.head(features).float().softmax(-1).view(len(views), n, -1).mean(0)
             logits.append(probs.clamp_min(1e-12).log().cpu())
             embeddings.append(features.float().view(len(views), n, -1).mean(0).cpu())
