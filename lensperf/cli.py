@@ -155,10 +155,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise ConfigError("--long-finetune", "adds a time-to-target route: add --time-to-target")
     if args.long_pretrain and not args.long_finetune:
         raise ConfigError("--long-pretrain", "pretrains the --long-finetune route: add it")
+    if args.no_throughput and not args.time_to_target:
+        raise ConfigError("--no-throughput", "leaves only the time-to-target routes: add them")
     results = run_bench(
         args.out, quick=args.quick, with_time_to_target=args.time_to_target,
         store=args.store, sr_store=args.sr_store, seeds=args.seeds, holdout=args.holdout,
         long_epochs=args.long_finetune, long_pretrain_epochs=args.long_pretrain,
+        measure_throughput=not args.no_throughput,
     )  # fmt: skip
     print((args.out / "results.md").read_text())
     print(f"wrote {args.out / 'results.json'}")
@@ -417,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
         "epochs (the recipe's: 20), its time counted. The hour holds 80 pretraining + 75 "
         "fine-tuning epochs on a 2-core machine that pretrains at about 1,800 images/s, 60 + 45 "
         "at about 1,100 (docs/recipes.md, 'E: the pretraining')",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-throughput", action="store_true",
+        help="with --time-to-target, run only its routes: leave out the throughput timing, the "
+        "loader and the profile (about 20 minutes on 2 cores)",
     )  # fmt: skip
     p.set_defaults(func=cmd_bench)
 

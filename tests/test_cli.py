@@ -93,6 +93,7 @@ def test_simulate_sr_cli(tmp_path):
             ["bench", "--time-to-target", "--long-pretrain", "60"],
             "--long-pretrain: pretrains the --long-finetune route",
         ),
+        (["bench", "--no-throughput"], "--no-throughput: leaves only the time-to-target routes"),
     ],
 )
 def test_bad_input_gives_one_line(tmp_path, args, message):

@@ -255,3 +255,27 @@ def test_gpu_accuracy_stage_runs_the_short_route_and_retries_without_kernels(tmp
     assert "runtime.kernels=off" not in calls[2][1]["finetune_cls"]
     assert "a kernel failed" in result["errors"]["mae"]
     assert set(result["routes"]) == {"mae", "mae_finetune", "cnn"}
+
+
+def test_bench_without_throughput_runs_only_the_routes(tmp_path, monkeypatch):
+    import lensperf.bench.run as bench_run
+
+    def not_asked(*args, **kwargs):
+        raise AssertionError("--no-throughput measured throughput")
+
+    for name in ("throughput", "flops", "loader_rate", "profile_step"):
+        monkeypatch.setattr(bench_run, name, not_asked)
+    curve = _curve([(1, 0.91, 0.99), (2, 0.96, 0.996)])
+    route = {"label": "ResNet baseline", "curve": curve, "offset_s": 0.0,
+             "stages": [{"images": 3000}], **crossings(curve)}  # fmt: skip
+    monkeypatch.setattr(bench_run, "run_time_to_target",
+                        lambda *a, **k: {"recipe": "cpu", "store": "s.zarr",
+                                         "routes": {"cnn": route}})  # fmt: skip
+    results = bench_run.run_bench(tmp_path, quick=True, with_time_to_target=True,
+                                  measure_throughput=False)  # fmt: skip
+    assert "throughput" not in results and "summary" not in results
+    text = (tmp_path / "results.md").read_text()
+    assert "| ResNet baseline | 1.0 | 2.0 | - |" in text and "Training throughput" not in text
+    assert json.loads((tmp_path / "results.json").read_text())["time_to_target"]["routes"]
+    assert (tmp_path / "time_to_accuracy.png").exists()
+    assert not (tmp_path / "throughput.png").exists()

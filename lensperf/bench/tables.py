@@ -10,7 +10,7 @@ TARGETS = {"pretrain": (1.5, 0.75), "finetune_cls": (1.3, 0.65), "finetune_sr": 
 
 
 def markdown(results: dict) -> str:
-    env, s = results["environment"], results["summary"]
+    env = results["environment"]
     lines = [
         "# lensperf bench",
         "",
@@ -20,6 +20,15 @@ def markdown(results: dict) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         "",
         *(time_to_target_section(results["time_to_target"]) if "time_to_target" in results else []),
+    ]
+    if "throughput" in results:  # absent from a `--no-throughput` run
+        lines += measured_speed_section(results)
+    return "\n".join(lines)
+
+
+def measured_speed_section(results: dict) -> list[str]:
+    s = results["summary"]
+    return [
         *throughput_section(results),
         "## Loader (images/s, batches of 256)",
         "",
@@ -31,7 +40,6 @@ def markdown(results: dict) -> str:
         "Where the time goes in one MAE step: profile.txt.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def throughput_section(results: dict) -> list[str]:
