@@ -141,6 +141,18 @@ def profile_step(settings: Settings, out: Path) -> None:
     out.write_text(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
+def measured_speed(settings: Settings, out: Path) -> dict:
+    """Every workload's training images/s, FLOPs and peak fraction, the loaders' rates, their
+    summary, and one MAE step's profile written to OUT/profile.txt."""
+    found = throughput(settings.batch, settings.device, settings.timing, settings.duel_timing)
+    found["flops"] = flops(settings.batch, settings.device, found["throughput"])
+    with tempfile.TemporaryDirectory(prefix="lensperf-bench-") as tmp:
+        found["loader_images_per_s"] = loader_rate(settings, Path(tmp))
+    profile_step(settings, out / "profile.txt")
+    found["summary"] = summarize(found)
+    return found
+
+
 def run_bench(
     out: Path,
     *,
@@ -162,12 +174,9 @@ def run_bench(
     results = {"environment": _environment(device), "quick": quick, "batch": settings.batch,
                "timing": settings.timing, "duel_timing": settings.duel_timing}  # fmt: skip
     if measure_throughput:
-        results.update(throughput(settings.batch, device, settings.timing, settings.duel_timing))
-        results["flops"] = flops(settings.batch, device, results["throughput"])
-    with tempfile.TemporaryDirectory(prefix="lensperf-bench-") as tmp:
-        if measure_throughput:
-            results["loader_images_per_s"] = loader_rate(settings, Path(tmp))
-        if with_time_to_target:
+        results.update(measured_speed(settings, out))
+    if with_time_to_target:
+        with tempfile.TemporaryDirectory(prefix="lensperf-bench-") as tmp:
             results["time_to_target"] = run_time_to_target(
                 Path(tmp),
                 quick=quick,
@@ -178,14 +187,11 @@ def run_bench(
                 long_epochs=long_epochs,
                 long_pretrain_epochs=long_pretrain_epochs,
             )
-    if measure_throughput:
-        profile_step(settings, out / "profile.txt")
-        results["summary"] = summarize(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     from lensperf.bench.tables import markdown, plot, plot_time_to_accuracy
 
     (out / "results.md").write_text(markdown(results))
-    if measure_throughput:
+    if "throughput" in results:
         plot(results, out / "throughput.png")
     if "time_to_target" in results:
         plot_time_to_accuracy(results["time_to_target"], out / "time_to_accuracy.png")
