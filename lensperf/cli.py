@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-to-target", action="store_true",
         help="also train the three routes to a classifier (lensperf's MAE route, its ViT from "
         "scratch, a ResNet baseline) on one store and time them to accuracy 0.90/0.95/0.97/0.98; "
-        "the cpu recipes take about 55 minutes on 2 cores, --quick the demo ones in minutes",
+        "the cpu recipes take about 55 minutes on 2 cores (2 hours on the slowest), --quick "
+        "the demo ones in minutes",
     )  # fmt: skip
     p.add_argument(
         "--store", type=Path,
@@ -417,9 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--long-pretrain", type=_positive_int, metavar="EPOCHS",
         help="with --long-finetune, give that route an encoder of its own pretrained for EPOCHS "
-        "epochs (the recipe's: 20), its time counted. The hour holds 80 pretraining + 75 "
-        "fine-tuning epochs on a 2-core machine that pretrains at about 1,800 images/s, 60 + 45 "
-        "at about 1,100 (docs/recipes.md, 'E: the pretraining')",
+        "epochs (the recipe's: 10, at batch 64), its time counted. At the recipe's former batch "
+        "128 the hour held 80 pretraining + 75 fine-tuning epochs on a 2-core machine that "
+        "pretrains at about 1,800 images/s, 60 + 45 at about 1,100; at batch 64 an epoch costs "
+        "about 1.2x (docs/recipes.md, 'E: the pretraining')",
     )  # fmt: skip
     p.add_argument(
         "--no-throughput", action="store_true",
