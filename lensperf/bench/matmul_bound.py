@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling if everything but the matmuls took no time.",
     )
     parser.add_argument("--workloads", nargs="+", default=list(DEFAULT_WORKLOADS),
-                        choices=sorted(DEFAULT_WORKLOADS), help="default: all four")  # fmt: skip
+                        choices=sorted(DEFAULT_WORKLOADS), metavar="NAME",
+                        help=f"any of {', '.join(DEFAULT_WORKLOADS)} (default: all)")  # fmt: skip
     parser.add_argument("--windows", type=int, default=8, help="timed rounds (default 8)")
     parser.add_argument("--out", type=Path, default=Path("bench/matmul_bound.json"))
     args = parser.parse_args(argv)
