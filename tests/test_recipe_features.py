@@ -392,3 +392,28 @@ def test_token_keep_outside_its_range_is_a_config_error(keep):
 def test_mae_token_keep_needs_the_patch_stem():
     with pytest.raises(ConfigError, match="token_keep"):
         MAEConfig(encoder=ViTConfig(stem="conv"), token_keep=0.5)
+
+
+def test_mean_max_pool_gives_the_head_the_tokens_mean_and_their_maximum():
+    torch.manual_seed(0)
+    model = Classifier(ViTEncoder(SMALL), token_keep=8 / 64, pool="mean_max").eval()
+    images = _lit_images(LIT)
+    with torch.no_grad():
+        embedded = model.embed(images)
+        lit_ids = sorted(8 * r + c for r, c in LIT)
+        patches_BKD = model.encoder.forward_tokens(model.encoder.patchify(images)[0][:, lit_ids])
+        patches_BKD = patches_BKD[:, 1:]
+        logits = model(images)
+    dim = SMALL.dim
+    assert embedded.shape == (len(images), 2 * dim) and logits.shape == (len(images), 3)
+    torch.testing.assert_close(embedded[:, :dim], patches_BKD.mean(dim=1))
+    torch.testing.assert_close(embedded[:, dim:], patches_BKD.amax(dim=1))
+    assert (embedded[:, dim:] > embedded[:, :dim] + 1e-6).any()  # the maximum is not the mean
+
+
+def test_pool_is_checked_and_fixed_for_a_resumed_run():
+    with pytest.raises(ValueError, match="pool"):
+        Classifier(ViTEncoder(SMALL), pool="median")
+    with pytest.raises(ConfigError, match="pool"):
+        FinetuneClsConfig(arch="resnet", pool="mean_max")
+    assert "pool" in ClassifyTask.fixed_sections

@@ -14,9 +14,12 @@ from lensperf.models.vit import (
     scatter_rows,
 )
 
+POOLS = ("mean", "mean_max")
+
 
 class Classifier(nn.Module):
-    """Encoder + head on the mean of the patch tokens. linear_probe freezes the encoder.
+    """Encoder + head on the mean of the patch tokens (pool="mean"), or on their mean and
+    their per-feature maximum side by side (pool="mean_max"). linear_probe freezes the encoder.
 
     token_keep < 1 passes only that fraction of each image's patches through the encoder: the
     brightest ones, by mean pixel value. A lensed arc fills about 30 of the 64 8x8 patches of a
@@ -30,12 +33,16 @@ class Classifier(nn.Module):
         num_classes: int = 3,
         linear_probe: bool = False,
         token_keep: float = 1.0,
+        pool: str = "mean",
     ):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         self.encoder = encoder
         self.linear_probe = linear_probe
         self.token_keep = check_token_keep(token_keep)
-        dim = encoder.config.dim
+        self.pool = pool
+        dim = encoder.config.dim * (2 if pool == "mean_max" else 1)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
         if linear_probe:
             encoder.requires_grad_(False)
@@ -54,12 +61,16 @@ class Classifier(nn.Module):
         return self.num_layers
 
     def embed(self, images_BCHW: Tensor) -> Tensor:
-        """(B, D) image embeddings: the mean of the encoder's patch tokens (the kept ones)."""
+        """(B, D) image embeddings: the mean of the encoder's patch tokens (the kept ones); (B, 2D)
+        with pool="mean_max", the mean then the maximum."""
         tokens_BLD, _ = self.encoder.patchify(images_BCHW)
         if self.token_keep < 1:
             p = self.encoder.config.patch_size
             tokens_BLD = gather_rows(tokens_BLD, brightest_patches(images_BCHW, p, self.token_keep))
-        return self.encoder.forward_tokens(tokens_BLD)[:, 1:].mean(dim=1)
+        patches_BKD = self.encoder.forward_tokens(tokens_BLD)[:, 1:]
+        if self.pool == "mean_max":
+            return torch.cat([patches_BKD.mean(dim=1), patches_BKD.amax(dim=1)], dim=1)
+        return patches_BKD.mean(dim=1)
 
     def forward(self, images_BCHW: Tensor) -> Tensor:
         if self.linear_probe:

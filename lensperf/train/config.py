@@ -121,6 +121,10 @@ class FinetuneClsConfig:
     # The encoder sees this fraction of each image's patches, the brightest (the arc; the rest
     # is empty sky), in training and evaluation. 1 keeps every patch. arch=vit only.
     token_keep: float = 1.0
+    # What the head sees of the patch tokens: their mean, or their mean and per-feature maximum
+    # side by side (no measurable cost; fewer held-out errors in two runs, neither significant:
+    # docs/recipes.md, E19). arch=vit only.
+    pool: Literal["mean", "mean_max"] = "mean"
     tta: bool = False  # evaluate on the mean of the 8 symmetries of each image
     # Training images are moved by a random whole number of pixels in [-shift, shift] on each
     # axis (wrapping round; DeepLense images' edges are empty sky), so that the model does not
@@ -138,6 +142,7 @@ class FinetuneClsConfig:
         if self.arch == "resnet":
             require(not self.pretrained, "pretrained", "must be empty for arch=resnet")
             require(not self.linear_probe, "linear_probe", "needs arch=vit")
+            require(self.pool == "mean", "pool", "needs arch=vit")
 
 
 @dataclass(frozen=True, kw_only=True)

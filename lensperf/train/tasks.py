@@ -131,7 +131,7 @@ class ClassifyTask(_FinetuneTask):
     config_type = FinetuneClsConfig
     store_kind = CLASSIFICATION
     selection_metric = "accuracy"  # best.pt by default
-    fixed_sections = ("arch", "encoder", "resnet", "pretrained", "linear_probe", "data")
+    fixed_sections = ("arch", "encoder", "resnet", "pretrained", "linear_probe", "pool", "data")
 
     def build_model(self, encoder: ViTConfig | None = None) -> Classifier | ResNet:
         if self.config.arch == "resnet":
@@ -141,6 +141,7 @@ class ClassifyTask(_FinetuneTask):
             num_classes=len(CLASSES),
             linear_probe=self.config.linear_probe,
             token_keep=self.config.token_keep,
+            pool=self.config.pool,
         )
 
     def loss(self, model, batch) -> torch.Tensor:

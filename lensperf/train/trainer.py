@@ -146,8 +146,10 @@ class Trainer:
         if state.get("task") != self.task.name:
             raise TrainingError(f"{self.checkpoint_path} is a {state.get('task')} checkpoint")
         saved, now = state["config"], to_dict(self.config)
+        # a section the checkpoint lacks was added since it was written, at today's default
+        defaults = to_dict(type(self.config)())
         for section in self.task.fixed_sections:
-            if saved.get(section) != now.get(section):
+            if saved.get(section, defaults.get(section)) != now.get(section):
                 raise TrainingError(
                     f"cannot resume: config section '{section}' differs from the checkpoint's"
                 )
