@@ -122,8 +122,8 @@ class FinetuneClsConfig:
     # is empty sky), in training and evaluation. 1 keeps every patch. arch=vit only.
     token_keep: float = 1.0
     # What the head sees of the patch tokens: their mean, or their mean and per-feature maximum
-    # side by side (no measurable cost; fewer held-out errors in two runs, neither significant:
-    # docs/recipes.md, E19). arch=vit only.
+    # side by side (no measurable cost; fewer held-out errors after 10 and 45 epochs, more after
+    # the recipe's 30: docs/recipes.md, E19). arch=vit only.
     pool: Literal["mean", "mean_max"] = "mean"
     tta: bool = False  # evaluate on the mean of the 8 symmetries of each image
     # Training images are moved by a random whole number of pixels in [-shift, shift] on each
