@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--long-pretrain", type=_positive_int, metavar="EPOCHS",
         help="with --long-finetune, give that route an encoder of its own pretrained for EPOCHS "
-        "epochs (the recipe's: 10, at batch 64), its time counted. On a 2-core machine that "
+        "epochs (the recipe's: 10, at batch 64), its time counted; that encoder's fine-tune is "
+        "also reported alone, its pretraining amortised. On a 2-core machine that "
         "pretrains at about 1,200 images/s at batch 64, 65 pretraining + 60 fine-tuning epochs "
         "took 54.5 minutes (README, 'Time to accuracy'); at the former batch 128 the hour held "
         "80 + 75 at about 1,800 images/s, 60 + 45 at about 1,100",

@@ -157,6 +157,35 @@ def test_long_route_can_pretrain_an_encoder_of_its_own_and_count_its_time(
     assert "3-epoch MAE pretraining + 2-epoch" in long["label"]
 
 
+def test_a_long_route_with_its_own_encoder_reports_that_encoders_fine_tune_alone(
+    tmp_path, monkeypatch
+):
+    from lensperf.bench import time_to_target as ttt
+
+    def fake_route(route, store, workdir, overrides):  # each stage 60 s and 1,000 images
+        offset_s, offset_images = 60.0 * (len(route.stages) - 1), 1000 * (len(route.stages) - 1)
+        curve = [{"train_s": offset_s + 30.0, "images": offset_images + 500, "accuracy": 0.96,
+                  "auc_macro": 0.999}]  # fmt: skip
+        stages = [{"task": s.task, "train_s": 60.0, "images": 1000} for s in route.stages]
+        return {"label": route.label, "stages": stages, "offset_s": offset_s, "curve": curve,
+                **crossings(curve)}  # fmt: skip
+
+    monkeypatch.setattr(ttt, "run_route", fake_route)
+    monkeypatch.setattr(ttt, "_super_resolution", lambda *args, **kwargs: {})
+    found = ttt.run_time_to_target(tmp_path, quick=True, store=tmp_path / "c.zarr",
+                                   sr_store=tmp_path / "sr.zarr", long_epochs=2,
+                                   long_pretrain_epochs=3)["routes"]  # fmt: skip
+    assert list(found)[-2:] == ["mae_long", "mae_long_finetune"]
+    assert found["mae_long"]["time_to_accuracy"]["0.95"]["train_s"] == 90.0  # pretraining counted
+    alone = found["mae_long_finetune"]
+    assert alone["time_to_accuracy"]["0.95"] == {"train_s": 30.0, "images": 500}
+    assert alone["amortised"] and "3-epoch MAE pretrained" in alone["label"]
+    # from the recipe's encoder the long fine-tune has no encoder of its own to amortise
+    again = ttt.run_time_to_target(tmp_path, quick=True, store=tmp_path / "c.zarr",
+                                   sr_store=tmp_path / "sr.zarr", long_epochs=2)["routes"]
+    assert "mae_long" in again and "mae_long_finetune" not in again
+
+
 def test_seed_repeats_train_the_fine_tune_and_the_resnet_again_with_new_seeds(
     tmp_path, model_ii_config
 ):
