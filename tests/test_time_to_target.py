@@ -182,7 +182,8 @@ def test_a_long_route_with_its_own_encoder_reports_that_encoders_fine_tune_alone
     assert alone["amortised"] and "3-epoch MAE pretrained" in alone["label"]
     # from the recipe's encoder the long fine-tune has no encoder of its own to amortise
     again = ttt.run_time_to_target(tmp_path, quick=True, store=tmp_path / "c.zarr",
-                                   sr_store=tmp_path / "sr.zarr", long_epochs=2)["routes"]
+                                   sr_store=tmp_path / "sr.zarr",
+                                   long_epochs=2)["routes"]  # fmt: skip
     assert "mae_long" in again and "mae_long_finetune" not in again
 
 
