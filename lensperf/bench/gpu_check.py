@@ -261,9 +261,7 @@ def _gpu_recipe_accuracy(out: Path) -> dict:
             results.setdefault("errors", {})[route.name] = f"{type(error).__name__}: {error}"[:500]
             plain = {t: [*o, "runtime.kernels=off"] for t, o in overrides.items()}
             outcome = ttt.run_route(route, store, out / "work", plain)
-        results["routes"][route.name] = outcome
-        if len(route.stages) > 1:
-            results["routes"][f"{route.name}_finetune"] = ttt.amortised(outcome)
+        ttt.record(results["routes"], route.name, outcome, pretrained_here=len(route.stages) > 1)
         _write_partial(out, "accuracy", results)
     return results
 

@@ -140,6 +140,14 @@ def crossings(curve: list[dict]) -> dict:
     }
 
 
+def record(routes_run: dict, name: str, outcome: dict, *, pretrained_here: bool) -> None:
+    """Put a route's outcome in `routes_run`; a route that pretrained an encoder of its own also
+    gets its fine-tuning alone, as `<name>_finetune` (amortised)."""
+    routes_run[name] = outcome
+    if pretrained_here:
+        routes_run[f"{name}_finetune"] = amortised(outcome)
+
+
 def amortised(result: dict) -> dict:
     """A pretraining route seen from the start of its fine-tuning (one encoder serves every
     fine-tune): the same curve without the pretraining's time and images."""
@@ -256,15 +264,12 @@ def run_time_to_target(
     results = {"recipe": recipe, "store": str(store), "routes": {}}
     for route in routes(recipe, extra):
         outcome = run_route(route, store, workdir, overrides)
-        results["routes"][route.name] = outcome
-        if len(route.stages) > 1:
-            results["routes"][f"{route.name}_finetune"] = amortised(outcome)
+        record(results["routes"], route.name, outcome, pretrained_here=len(route.stages) > 1)
     if long_epochs:
         long = long_route(results["routes"], recipe, store, workdir, extra, overrides,
                           long_epochs, long_pretrain_epochs)  # fmt: skip
-        results["routes"]["mae_long"] = long
-        if long_pretrain_epochs:  # its own encoder's fine-tune, that pretraining amortised
-            results["routes"]["mae_long_finetune"] = amortised(long)
+        # from the recipe's encoder it pretrains nothing: mae_finetune already amortises that one
+        record(results["routes"], "mae_long", long, pretrained_here=bool(long_pretrain_epochs))
     if holdout:
         results["holdout"] = holdout_comparison(results["routes"], workdir, Path(holdout))
     if seeds > 1:
