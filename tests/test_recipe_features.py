@@ -417,3 +417,72 @@ def test_pool_is_checked_and_fixed_for_a_resumed_run():
     with pytest.raises(ConfigError, match="pool"):
         FinetuneClsConfig(arch="resnet", pool="mean_max")
     assert "pool" in ClassifyTask.fixed_sections
+
+
+def test_local_branch_joins_the_head_and_learns_from_the_first_step():
+    """The branch's features follow the pooled tokens in the embedding; its input is
+    standardised as the encoder's is; after one step every branch weight gets a gradient (the
+    residual blocks' first convolutions from the second step, their second starting at zero),
+    and they sit at the head's full learning rate under layer decay."""
+    torch.manual_seed(0)
+    encoder = ViTConfig(dim=32, depth=3, heads=2, input_mean=0.05, input_std=0.2)
+    model = Classifier(ViTEncoder(encoder), token_keep=8 / 64, local_width=4)
+    images = _lit_images(LIT)
+    embedded = model.embed(images)
+    assert embedded.shape == (len(images), 32 + 16)
+    torch.testing.assert_close(embedded[:, :32], model._pool_tokens(images))
+    x = (images - 0.05) / 0.2
+    for down, block in zip(model.local.downs, model.local.blocks):
+        x = block(F.gelu(down(x)))
+    torch.testing.assert_close(embedded[:, 32:], x.mean(dim=(-2, -1)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(images), torch.tensor([0, 2])).backward()
+        optimizer.step()
+    for name, p in model.local.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    groups = parameter_groups(model, weight_decay=0.05, layer_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert {scale_of[id(p)] for p in model.local.parameters()} == {1.0}
+
+
+def test_local_branch_sees_what_the_kept_tokens_do_not():
+    """Light in a patch that token_keep drops changes nothing without the branch, and changes
+    the embedding with it."""
+    torch.manual_seed(0)
+    images = _lit_images(LIT)
+    dim_patch = images.clone()
+    dim_patch[:, :, 8:16, 0:8] += 0.1  # an unlit patch, still far below the kept ones' light
+    for width, moved in ((0, False), (4, True)):
+        model = Classifier(ViTEncoder(SMALL), token_keep=8 / 64, local_width=width).eval()
+        with torch.no_grad():
+            changed = not torch.equal(model.embed(dim_patch), model.embed(images))
+        assert changed is moved
+
+
+def test_local_width_is_checked_and_fixed_for_a_resumed_run():
+    with pytest.raises(ValueError, match="local_width"):
+        Classifier(ViTEncoder(SMALL), local_width=-1)
+    with pytest.raises(ValueError, match="local_width"):
+        Classifier(ViTEncoder(SMALL), local_width=4, linear_probe=True)
+    with pytest.raises(ConfigError, match="local_width"):
+        FinetuneClsConfig(arch="resnet", local_width=8)
+    with pytest.raises(ConfigError, match="local_width"):
+        FinetuneClsConfig(local_width=8, linear_probe=True)
+    with pytest.raises(ConfigError, match="local_width"):
+        FinetuneClsConfig(local_width=-2)
+    assert "local_width" in ClassifyTask.fixed_sections
+
+
+def test_a_fine_tune_with_a_local_branch_trains_and_predicts(stores, tmp_path):  # noqa: F811
+    out = tmp_path / "local"
+    overrides = [f"out_dir={out}", f"data.store={stores['cls']}", "pretrained=", "epochs=1",
+                 "data.batch_size=16", "runtime.compile=false", "local_width=4", "tta=true",
+                 "token_keep=0.25", "optim.ema=0.9", *TINY_ENCODER]  # fmt: skip
+    metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", overrides)
+    assert 0 <= metrics["accuracy"] <= 1
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    weights = state.get("model", state)
+    assert any(k.startswith("local.") for k in weights), sorted(weights)[:5]
+    assert load_config(FinetuneClsConfig, out / "config.yaml").local_width == 4

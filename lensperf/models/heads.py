@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lensperf.models.stems import ResidualBlock
 from lensperf.models.vit import (
     ViTEncoder,
     brightest_patches,
@@ -17,9 +18,41 @@ from lensperf.models.vit import (
 POOLS = ("mean", "mean_max")
 
 
+class LocalBranch(nn.Module):
+    """A small CNN on the whole image beside the encoder: three stages at 1/2, 1/4 and 1/8 of
+    the resolution (width, 2x and 4x its channels), each a stride-2 3x3 convolution and a
+    residual block, then the spatial mean: (B, 4 * width) features for the classifier's head.
+
+    Why: the fine-tuned ViT and the supervised ResNet err on disjoint images, and the ViT's
+    errors are images whose light is spread over more of the frame (docs/recipes.md, E17). Its
+    8x8 patches see no structure finer than a patch across their borders; the branch does. No
+    batch norm (the ResNet's made its accuracy move with the precision, docs/recipes.md);
+    the residual blocks start as the identity instead. Trained from scratch in the fine-tune.
+    """
+
+    def __init__(self, in_chans: int, width: int, input_mean: float, input_std: float):
+        super().__init__()
+        self.input_mean, self.input_std = input_mean, input_std
+        self.downs, self.blocks = nn.ModuleList(), nn.ModuleList()
+        c_in = in_chans
+        for c_out in (width, 2 * width, 4 * width):
+            self.downs.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
+            self.blocks.append(ResidualBlock(c_out))
+            c_in = c_out
+        self.features = c_in
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        x = (images_BCHW - self.input_mean) * (1 / self.input_std)
+        for down, block in zip(self.downs, self.blocks):
+            x = block(F.gelu(down(x)))
+        return x.mean(dim=(-2, -1))
+
+
 class Classifier(nn.Module):
     """Encoder + head on the mean of the patch tokens (pool="mean"), or on their mean and
     their per-feature maximum side by side (pool="mean_max"). linear_probe freezes the encoder.
+    local_width > 0 adds a LocalBranch of that width on the whole image, whose features join the
+    pooled tokens in the head (arch=vit's only convolutional part; 0, the default, has none).
 
     token_keep < 1 passes only that fraction of each image's patches through the encoder: the
     brightest ones, by mean pixel value. A lensed arc fills about 30 of the 64 8x8 patches of a
@@ -34,15 +67,25 @@ class Classifier(nn.Module):
         linear_probe: bool = False,
         token_keep: float = 1.0,
         pool: str = "mean",
+        local_width: int = 0,
     ):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        if local_width < 0:
+            raise ValueError(f"local_width must be >= 0, got {local_width}")
+        if local_width and linear_probe:
+            raise ValueError("local_width needs a trained encoder: a linear probe trains no branch")
         self.encoder = encoder
         self.linear_probe = linear_probe
         self.token_keep = check_token_keep(token_keep)
         self.pool = pool
         dim = encoder.config.dim * (2 if pool == "mean_max" else 1)
+        self.local = None
+        if local_width:
+            c = encoder.config
+            self.local = LocalBranch(c.in_chans, local_width, c.input_mean, c.input_std)
+            dim += self.local.features
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
         if linear_probe:
             encoder.requires_grad_(False)
@@ -62,7 +105,14 @@ class Classifier(nn.Module):
 
     def embed(self, images_BCHW: Tensor) -> Tensor:
         """(B, D) image embeddings: the mean of the encoder's patch tokens (the kept ones); (B, 2D)
-        with pool="mean_max", the mean then the maximum."""
+        with pool="mean_max", the mean then the maximum; the local branch's features after
+        them when there is one."""
+        pooled = self._pool_tokens(images_BCHW)
+        if self.local is None:
+            return pooled
+        return torch.cat([pooled, self.local(images_BCHW)], dim=1)
+
+    def _pool_tokens(self, images_BCHW: Tensor) -> Tensor:
         tokens_BLD, _ = self.encoder.patchify(images_BCHW)
         if self.token_keep < 1:
             p = self.encoder.config.patch_size

@@ -125,6 +125,10 @@ class FinetuneClsConfig:
     # side by side (no measurable cost; fewer held-out errors after 10 and 45 epochs, more after
     # the recipe's 30: docs/recipes.md, E19). arch=vit only.
     pool: Literal["mean", "mean_max"] = "mean"
+    # Channels of a small CNN on the whole image beside the encoder, its features joined to the
+    # pooled tokens in the head (models/heads.py, LocalBranch; docs/recipes.md, E24). 0: none.
+    # arch=vit only.
+    local_width: int = 0
     tta: bool = False  # evaluate on the mean of the 8 symmetries of each image
     # Training images are moved by a random whole number of pixels in [-shift, shift] on each
     # axis (wrapping round; DeepLense images' edges are empty sky), so that the model does not
@@ -139,10 +143,15 @@ class FinetuneClsConfig:
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         require(self.shift >= 0, "shift", "must be non-negative")
         require(0 < self.token_keep <= 1, "token_keep", "must be in (0, 1]")
+        require(self.local_width >= 0, "local_width", "must be non-negative")
+        require(
+            not (self.local_width and self.linear_probe), "local_width", "needs linear_probe=false"
+        )
         if self.arch == "resnet":
             require(not self.pretrained, "pretrained", "must be empty for arch=resnet")
             require(not self.linear_probe, "linear_probe", "needs arch=vit")
             require(self.pool == "mean", "pool", "needs arch=vit")
+            require(self.local_width == 0, "local_width", "needs arch=vit")
 
 
 @dataclass(frozen=True, kw_only=True)

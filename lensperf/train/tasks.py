@@ -131,7 +131,9 @@ class ClassifyTask(_FinetuneTask):
     config_type = FinetuneClsConfig
     store_kind = CLASSIFICATION
     selection_metric = "accuracy"  # best.pt by default
-    fixed_sections = ("arch", "encoder", "resnet", "pretrained", "linear_probe", "pool", "data")
+    fixed_sections = (
+        "arch", "encoder", "resnet", "pretrained", "linear_probe", "pool", "local_width", "data"
+    )  # fmt: skip
 
     def build_model(self, encoder: ViTConfig | None = None) -> Classifier | ResNet:
         if self.config.arch == "resnet":
@@ -142,6 +144,7 @@ class ClassifyTask(_FinetuneTask):
             linear_probe=self.config.linear_probe,
             token_keep=self.config.token_keep,
             pool=self.config.pool,
+            local_width=self.config.local_width,
         )
 
     def loss(self, model, batch) -> torch.Tensor:
