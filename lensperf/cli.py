@@ -34,6 +34,12 @@ def _int_at_least(minimum: int):
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
+ENSEMBLE_HELP = (
+    "a checkpoint (checkpoint.pt, best.pt, ema.pt); give it more than once to use the mean of "
+    "several classifiers' probabilities (e.g. an MAE fine-tune and a ResNet, whose errors fall "
+    "on different images)"
+)
+
 
 # ---------------------------------------------------------------- data commands
 
@@ -321,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(val by default; test for a held-out set): metrics.json and the task's figures in "
         "--out (default: beside the checkpoint).",
     )
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path, action="append", help=ENSEMBLE_HELP)
     p.add_argument("--data", required=True, type=Path, help="a store, DIR.zarr")
     p.add_argument("--split", default="val", choices=["train", "val", "test"],
                    help="default: val")  # fmt: skip
@@ -348,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         "same name and format.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or stores")
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path, action="append", help=ENSEMBLE_HELP)
     p.add_argument("--out", required=True, type=Path, help="CSV file (classifier) or folder (SR)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="default: 64")
     p.add_argument("--tta", action="store_true", help="average over the 8 symmetries of each image")

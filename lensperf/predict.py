@@ -27,8 +27,7 @@ from lensperf.progress import progress
 from lensperf.runtime import resolve_device, run_autocast
 from lensperf.store import CLASSES, LAYOUTS, SPLITS, open_store, read_rows, split_length
 from lensperf.store.image_files import BadFile, image_files, is_image_file, minmax, read_image
-from lensperf.train.checkpoint import load_checkpoint
-from lensperf.train.tasks import model_from_checkpoint
+from lensperf.train.ensemble import load_classifiers
 
 
 @dataclass
@@ -128,22 +127,23 @@ def _batches(sources, reader: _Reader, batch_size: int, skip_bad: bool, report, 
 
 
 def predict(
-    checkpoint: str | Path, inputs: list, out: str | Path, *, batch_size: int = 64,
+    checkpoint: str | Path | list, inputs: list, out: str | Path, *, batch_size: int = 64,
     tta: bool = False, skip_bad: bool = False, overwrite: bool = False,
 ) -> PredictReport:  # fmt: skip
-    """Predict every input image with the model of `checkpoint` into `out` (see the module)."""
+    """Predict every input image with the model of `checkpoint` into `out` (see the module). A
+    list of classifier checkpoints predicts the mean of their probabilities (train/ensemble.py)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists (pass --overwrite to replace it)")
-    state = load_checkpoint(checkpoint)
-    task, model = model_from_checkpoint(state)
+    checkpoints = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+    task, model, preprocessing = load_classifiers(checkpoints)
     if task.name not in ("finetune_cls", "finetune_sr"):
-        raise DataError(f"{checkpoint} is a {task.name} checkpoint; predict needs a "
+        raise DataError(f"{checkpoints[0]} is a {task.name} checkpoint; predict needs a "
                         "finetune_cls or finetune_sr one")  # fmt: skip
     device = resolve_device("auto")
     model = model.to(device).eval()
     sources = expand_inputs(inputs)
-    reader = _Reader(state.get("preprocessing", {}), task.name)
+    reader = _Reader(preprocessing, task.name)
     report = PredictReport(out=out, task=task.name)
     precision = run_autocast(task.config.runtime.precision, device)  # as it was trained
     with progress(total=len(sources), desc="predict", unit="img") as bar, precision:

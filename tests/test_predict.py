@@ -262,6 +262,11 @@ def test_sr_predict_writes_upscaled_files_of_the_same_names(tmp_path):
     assert fits.getdata(out / "b.fits").shape == (150, 150)
     expected = api.upscale(api.load_model(run / "checkpoint.pt"), lr[:1])[0].numpy()
     np.testing.assert_allclose(np.load(out / "a.npy"), expected, atol=1e-6)
+    # SR models are not averaged: only classifiers' probabilities are
+    _one_line_error(run_cli("predict", "--checkpoint", run / "checkpoint.pt", "--checkpoint",
+                            run / "checkpoint.pt", inputs, "--out", tmp_path / "hr2"),
+                    "only classifiers")  # fmt: skip
+    assert not (tmp_path / "hr2").exists()
 
 
 # ---------------------------------------------------------------- DeepLense layouts
@@ -327,3 +332,53 @@ def test_normalise_applies_to_sr_trees(tmp_path):
     assert result.returncode == 0, result.stderr
     hr = open_store(tmp_path / "a.zarr")["train/hr"][:]
     assert hr.min() == 0 and hr.max() == 1
+
+
+def test_several_checkpoints_predict_and_evaluate_the_mean_of_their_probabilities(
+    classifier, tmp_path
+):
+    """A ViT (bf16 here) and a ResNet run in fp32, given together: predict writes the mean of
+    the two models' probabilities, each model at its own precision; evaluate, with and without
+    test-time averaging, scores that mean; a model trained on images made another way is
+    refused with one line (an SR model: in the SR test)."""
+    from lensperf.train.checkpoint import save_checkpoint
+    from lensperf.train.metrics import classification_metrics
+
+    store, vit = classifier["store"], classifier["run"] / "checkpoint.pt"
+    result = run_cli("finetune-cls", "--config", "cnn_demo", f"data.store={store}",
+                     f"out_dir={tmp_path / 'cnn'}", "epochs=1", "resnet.widths=[4,8]",
+                     "resnet.blocks=[1,1]", "data.batch_size=16",
+                     "runtime.precision=fp32")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cnn = tmp_path / "cnn" / "checkpoint.pt"
+    labels = torch.from_numpy(open_store(store)["val/labels"][:])
+    for tta in ([], ["--tta"]):
+        alone = []
+        for checkpoint in (vit, cnn):
+            out = tmp_path / f"{checkpoint.parent.name}{len(tta)}.csv"
+            assert run_cli("predict", "--checkpoint", checkpoint, f"{store}:val", "--out", out,
+                           *tta).returncode == 0  # fmt: skip
+            alone.append(np.array([[float(r[f"p_{c}"]) for c in api.CLASSES] for r in _rows(out)]))
+        assert np.abs(alone[0] - alone[1]).max() > 1e-3  # two different models
+        out = tmp_path / f"both{len(tta)}.csv"
+        result = run_cli("predict", "--checkpoint", vit, "--checkpoint", cnn, f"{store}:val",
+                         "--out", out, *tta)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        both = np.array([[float(r[f"p_{c}"]) for c in api.CLASSES] for r in _rows(out)])
+        np.testing.assert_allclose(both, (alone[0] + alone[1]) / 2, atol=2e-6)
+        report = tmp_path / f"eval{len(tta)}"
+        result = run_cli("evaluate", "--checkpoint", vit, "--checkpoint", cnn, "--data", store,
+                         "--out", report, *tta)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads((report / "metrics.json").read_text())
+        assert metrics["checkpoint"] == [str(vit), str(cnn)]
+        want = classification_metrics(torch.from_numpy(both).float().log(), labels)
+        for key in ("accuracy", "auc_macro"):
+            assert metrics[key] == pytest.approx(want[key], abs=1e-5), (tta, key)
+
+    state = load_checkpoint(cnn)
+    state["preprocessing"] = {"minmax": False}
+    other = save_checkpoint(state, tmp_path / "raw_pixels.pt")
+    _one_line_error(run_cli("predict", "--checkpoint", vit, "--checkpoint", other,
+                            f"{store}:val", "--out", tmp_path / "x.csv"),
+                    "made another way")  # fmt: skip

@@ -133,8 +133,16 @@ def test_holdout_scores_each_route_on_another_store_image_by_image(tmp_path, mod
         gap = errors["cnn", way] - errors[mae, way]
         assert pair["only_a_right"] - pair["only_b_right"] == gap
         assert pair["mcnemar_p"] == mcnemar_p(pair["only_a_right"], pair["only_b_right"])
+        # the two models averaged, as `lensperf evaluate --checkpoint A --checkpoint B` scores it
+        both = [final_weights(work / name / "finetune_cls") for name in (mae, "cnn")]
+        own = score(both, holdout, tta=way == "d4")
+        mean = found_pair["mean"]
+        assert mean[way]["accuracy"] == pytest.approx(own["accuracy"], abs=1e-6)
+        assert mean[way]["auc_macro"] == pytest.approx(own["auc_macro"], abs=1e-5)
+        assert mean["train_s"] == main[mae]["final"]["train_s"] + main["cnn"]["final"]["train_s"]
     table = holdout_section(found)
     assert "24 validation images" in table[2] and sum(line.startswith("| ") for line in table) == 4
+    assert sum(line.startswith("The mean of the two models") for line in table) == 2
 
 
 def test_long_route_can_pretrain_an_encoder_of_its_own_and_count_its_time(

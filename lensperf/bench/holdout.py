@@ -4,7 +4,8 @@ Near 0.999 accuracy the bench's 3,600 validation images hold a handful of errors
 a few images apart cannot be told apart. A second store (simulated with another seed, most of
 it in its validation split) holds ten times more: each route's final weights are scored on it,
 plain and averaged over the 8 D4 symmetries, and the MAE route's fine-tune is compared with the
-ResNet image by image (an exact McNemar test on the images only one of them gets right).
+ResNet image by image (an exact McNemar test on the images only one of them gets right); the
+mean of the two models' probabilities is scored too.
 """
 
 from __future__ import annotations
@@ -56,19 +57,25 @@ def holdout_comparison(routes_run: dict, workdir: Path, holdout: Path) -> dict:
     gets right and the McNemar p-value."""
     from lensperf.train.run import classifier_predictions
 
-    scored, right = {}, {}
+    scored, right, probs = {}, {}, {}
     for name in (n for n in ROUTES if n in routes_run):
         weights = final_weights(workdir / name / "finetune_cls")
         scored[name] = {"label": routes_run[name]["label"], "weights": str(weights)}
         for way, tta in (("plain", False), ("d4", True)):
-            probs, labels = classifier_predictions(weights, holdout, tta=tta)
-            scored[name][way], right[name, way] = _scores(probs.numpy(), labels.numpy())
+            p, labels = classifier_predictions(weights, holdout, tta=tta)
+            probs[name, way], labels = p.numpy(), labels.numpy()
+            scored[name][way], right[name, way] = _scores(probs[name, way], labels)
     pairs = []
     for a, b in (pair for pair in PAIRS if set(pair) <= set(scored)):
-        pairs.append({"a": a, "b": b})
+        # the two models' mean probability too (`--checkpoint A --checkpoint B`): their errors
+        # fall on different images, and the two training clocks add up
+        pairs.append({"a": a, "b": b, "mean": {"train_s": sum(
+            routes_run[n]["final"]["train_s"] for n in (a, b))}})  # fmt: skip
         for way in ("plain", "d4"):
             only_a = int((right[a, way] & ~right[b, way]).sum())
             only_b = int((right[b, way] & ~right[a, way]).sum())
             pairs[-1][way] = {"only_a_right": only_a, "only_b_right": only_b,
                               "mcnemar_p": mcnemar_p(only_a, only_b)}  # fmt: skip
+            mean = (probs[a, way] + probs[b, way]) / 2
+            pairs[-1]["mean"][way] = _scores(mean, labels)[0]
     return {"store": str(holdout), "routes": scored, "pairs": pairs}

@@ -180,6 +180,14 @@ def holdout_section(h: dict) -> list[str]:
         ]
         lines += ["", f"Images right only for {a} against only for {b}, exact McNemar p: "
                   + "; ".join(counts) + "."]  # fmt: skip
+        if "mean" in pair:
+            mean = pair["mean"]
+            lines.append(
+                f"The mean of the two models' probabilities (`--checkpoint` twice; "
+                f"{mean['train_s'] / 60:.1f} minutes of training for both): "
+                f"{mean['plain']['errors']} errors, macro AUC {mean['plain']['auc_macro']:.7f}; "
+                f"D4-averaged {mean['d4']['errors']}, {mean['d4']['auc_macro']:.7f}."
+            )
     return lines
 
 

@@ -14,8 +14,8 @@ from lensperf.data import make_loader
 from lensperf.errors import ConfigError, DataError
 from lensperf.runtime import resolve_device, run_autocast
 from lensperf.store import CLASSIFICATION
-from lensperf.train.checkpoint import load_checkpoint
-from lensperf.train.tasks import TASKS, model_from_checkpoint
+from lensperf.train.ensemble import load_classifiers
+from lensperf.train.tasks import TASKS
 from lensperf.train.trainer import Trainer
 
 
@@ -43,18 +43,23 @@ def train_config(
 
 
 def evaluate(
-    checkpoint: str | Path, data: str | Path, out: str | Path | None = None, *,
+    checkpoint: str | Path | list, data: str | Path, out: str | Path | None = None, *,
     split: str = "val", tta: bool = False, shift: tuple[int, int] = (0, 0),
 ) -> dict:  # fmt: skip
     """Metrics and report of a checkpoint on a split of the store `data`, at the run's precision
     (its `runtime.precision`, as in its training evaluations); a classifier's with `tta` on the
     mean over the 8 symmetries of each image, and with `shift` (dy, dx) on every image rolled
-    by that many pixels: how much the model depends on where the lens sits."""
+    by that many pixels: how much the model depends on where the lens sits. A list of
+    classifier checkpoints is scored as the mean of their probabilities (train/ensemble.py);
+    its report goes beside the first unless `out` says otherwise."""
     task, model, loader = _loaded(checkpoint, data, split, tta, shift)
     suffix = ("" if split == "val" else f"-{split}") + (
         f"-shift{shift[0]}_{shift[1]}" if any(shift) else ""
     )
-    out = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(data).stem}{suffix}"
+    checkpoints = _as_list(checkpoint)
+    if len(checkpoints) > 1:
+        suffix += f"-mean{len(checkpoints)}"
+    out = Path(out) if out else Path(checkpoints[0]).parent / f"eval-{Path(data).stem}{suffix}"
     device = next(model.parameters()).device
     with (
         atomic_folder(out) as report,
@@ -63,7 +68,8 @@ def evaluate(
     ):
         metrics = task.evaluate(model, loader)
         task.report(model, loader, {"train": [], "eval": []}, report)
-        metrics = {"task": task.name, "checkpoint": str(checkpoint), "data": str(data),
+        named = str(checkpoints[0]) if len(checkpoints) == 1 else [str(c) for c in checkpoints]
+        metrics = {"task": task.name, "checkpoint": named, "data": str(data),
                    "split": split, "tta": tta, "shift": list(shift), **metrics}  # fmt: skip
         (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -95,8 +101,8 @@ def classifier_predictions(
 
 
 def _loaded(checkpoint, data, split: str, tta: bool, shift: tuple[int, int] = (0, 0)):
-    state = load_checkpoint(checkpoint)
-    task, model = model_from_checkpoint(state)
+    """(task, model in eval mode, loader); `checkpoint` may be a list: classifiers averaged."""
+    task, model, _ = load_classifiers(_as_list(checkpoint))
     if tta:
         if not hasattr(task.config, "tta"):
             raise ConfigError("tta", f"test-time averaging is for classifiers, not {task.name}")
@@ -110,6 +116,10 @@ def _loaded(checkpoint, data, split: str, tta: bool, shift: tuple[int, int] = (0
     if len(loader) == 0:
         raise DataError(f"{data} has no {split} samples")
     return task, model, (ShiftedImages(loader, shift) if any(shift) else loader)
+
+
+def _as_list(checkpoint) -> list:
+    return list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
 
 
 class ShiftedImages:
