@@ -5,6 +5,7 @@
     images, labels = api.samples(store, "val", 8)
     api.train("pretrain", "demo", [f"data.store={store}", "out_dir=runs/mae"])
     model = api.load_model("runs/cpu/finetune_cls/checkpoint.pt")   # any task's checkpoint
+    both = api.load_model([vit_checkpoint, resnet_checkpoint])  # classifiers, averaged
     probs = api.predict(model, images, tta=True)  # (B, 3): no_sub, cdm, axion
     emb = api.embed(model, images)              # (B, D) embeddings
     hr = api.upscale(api.load_model("runs/cpu/finetune_sr/checkpoint.pt"), lr_images)
@@ -31,6 +32,7 @@ from lensperf.runtime import run_autocast
 from lensperf.store import CLASSES, open_store, read_rows
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.encoder_io import load_encoder
+from lensperf.train.ensemble import Ensemble, load_classifiers
 from lensperf.train.tasks import TASKS, model_from_checkpoint
 
 __all__ = [
@@ -84,10 +86,15 @@ def load_model(checkpoint) -> nn.Module:
     """The model of any lensperf checkpoint (checkpoint.pt, best.pt, ema.pt), in eval mode on
     the CPU. `model.preprocessing` says how its training images were made from their files;
     predict, embed and upscale apply it to the images they are given, and run at
-    `model.precision`, the run's `runtime.precision` (as `lensperf predict` does)."""
-    state = load_checkpoint(checkpoint)
-    task, model = model_from_checkpoint(state)
-    model.eval().preprocessing = state.get("preprocessing", {})
+    `model.precision`, the run's `runtime.precision` (as `lensperf predict` does). A list of
+    classifier checkpoints loads as one classifier, the mean of their probabilities, each
+    member at its own precision (as `lensperf predict --checkpoint A --checkpoint B`)."""
+    if isinstance(checkpoint, (list, tuple)):
+        task, model, preprocessing = load_classifiers(list(checkpoint))
+    else:
+        state = load_checkpoint(checkpoint)
+        (task, model), preprocessing = model_from_checkpoint(state), state.get("preprocessing", {})
+    model.eval().preprocessing = preprocessing
     model.precision = task.config.runtime.precision
     return model
 
@@ -133,7 +140,7 @@ def embed(model: nn.Module, images) -> torch.Tensor:
 def predict(model: nn.Module, images, *, tta: bool = False) -> torch.Tensor:
     """(B, 3) probabilities of no_sub, cdm, axion; with `tta`, averaged over the 8 symmetries
     of each image."""
-    if not isinstance(model, Classifier | ResNet):
+    if not isinstance(model, Classifier | ResNet | Ensemble):
         raise TypeError("predict needs a classifier (a finetune_cls checkpoint)")
     x = _images(images, model)
     views = range(8) if tta else range(1)

@@ -366,6 +366,11 @@ def test_several_checkpoints_predict_and_evaluate_the_mean_of_their_probabilitie
         assert result.returncode == 0, result.stderr
         both = np.array([[float(r[f"p_{c}"]) for c in api.CLASSES] for r in _rows(out)])
         np.testing.assert_allclose(both, (alone[0] + alone[1]) / 2, atol=2e-6)
+        model = api.load_model([vit, cnn])  # the API's ensemble, given the stored images
+        model.preprocessing = {}
+        images = open_store(store)["val/images"][:]
+        np.testing.assert_allclose(api.predict(model, images, tta=bool(tta)).numpy(), both,
+                                   atol=2e-6)  # fmt: skip
         report = tmp_path / f"eval{len(tta)}"
         result = run_cli("evaluate", "--checkpoint", vit, "--checkpoint", cnn, "--data", store,
                          "--out", report, *tta)  # fmt: skip
