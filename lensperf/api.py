@@ -30,10 +30,9 @@ from lensperf.models.resnet import ResNet
 from lensperf.presets import resolve_config
 from lensperf.runtime import run_autocast
 from lensperf.store import CLASSES, open_store, read_rows
-from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.encoder_io import load_encoder
 from lensperf.train.ensemble import Ensemble, load_classifiers
-from lensperf.train.tasks import TASKS, model_from_checkpoint
+from lensperf.train.tasks import TASKS
 
 __all__ = [
     "CLASSES", "build_model", "embed", "load_encoder", "load_model", "predict", "samples",
@@ -89,11 +88,7 @@ def load_model(checkpoint) -> nn.Module:
     `model.precision`, the run's `runtime.precision` (as `lensperf predict` does). A list of
     classifier checkpoints loads as one classifier, the mean of their probabilities, each
     member at its own precision (as `lensperf predict --checkpoint A --checkpoint B`)."""
-    if isinstance(checkpoint, (list, tuple)):
-        task, model, preprocessing = load_classifiers(list(checkpoint))
-    else:
-        state = load_checkpoint(checkpoint)
-        (task, model), preprocessing = model_from_checkpoint(state), state.get("preprocessing", {})
+    task, model, preprocessing = load_classifiers(checkpoint)
     model.eval().preprocessing = preprocessing
     model.precision = task.config.runtime.precision
     return model

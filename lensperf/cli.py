@@ -412,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout", type=Path, metavar="STORE",
         help="with --time-to-target, also score each route's final weights on this "
         "classification store's val split, plain and D4-averaged, and compare the MAE route with "
-        "the ResNet image by image (McNemar): make it large, e.g. `lensperf data simulate "
-        "--config model_ii --n-per-class 12000 seed=7 val_fraction=0.9 --out holdout.zarr`",
+        "the ResNet image by image (McNemar), and the two averaged; with --seeds, every seed's "
+        "end point too: make it large, e.g. `lensperf data simulate --config model_ii "
+        "--n-per-class 12000 seed=7 val_fraction=0.9 --out holdout.zarr`",
     )  # fmt: skip
     p.add_argument(
         "--long-finetune", type=_positive_int, metavar="EPOCHS",

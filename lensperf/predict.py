@@ -135,10 +135,9 @@ def predict(
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists (pass --overwrite to replace it)")
-    checkpoints = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
-    task, model, preprocessing = load_classifiers(checkpoints)
+    task, model, preprocessing = load_classifiers(checkpoint)
     if task.name not in ("finetune_cls", "finetune_sr"):
-        raise DataError(f"{checkpoints[0]} is a {task.name} checkpoint; predict needs a "
+        raise DataError(f"{checkpoint} is a {task.name} checkpoint; predict needs a "
                         "finetune_cls or finetune_sr one")  # fmt: skip
     device = resolve_device("auto")
     model = model.to(device).eval()

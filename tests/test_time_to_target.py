@@ -11,7 +11,13 @@ import pytest
 import yaml
 from scipy.stats import binomtest
 
-from lensperf.bench.holdout import final_weights, holdout_comparison, mcnemar_p
+from lensperf.bench.holdout import (
+    SEED_ZERO,
+    final_weights,
+    holdout_comparison,
+    mcnemar_p,
+    seed_holdout,
+)
 from lensperf.bench.tables import holdout_section, seeds_section
 from lensperf.bench.time_to_target import (
     Route,
@@ -217,6 +223,22 @@ def test_seed_repeats_train_the_fine_tune_and_the_resnet_again_with_new_seeds(
     assert yaml.safe_load(seeded_fine_tune.open())["pretrained"] == str(encoder)
     table = seeds_section(repeats)
     assert sum("**median**" in line for line in table) == 2 and "### Over 2 seeds" in table
+    assert "held-out errors" not in table[4]  # no column without a held-out store
+    # with a held-out store, every seed's end point is scored on it too
+    holdout = simulate_classification(
+        model_ii_config("n_per_class=8", "seed=7", "val_fraction=0.5"), tmp_path / "h.zarr"
+    )
+    seed_holdout(repeats, work, holdout)
+    for name, repeat in repeats.items():
+        for run in repeat["seeds"]:
+            folder = SEED_ZERO[name] if run["seed"] == 0 else f"{name}_seed{run['seed']}"
+            for way, tta in (("plain", False), ("d4", True)):
+                own = score(final_weights(work / folder / "finetune_cls"), holdout, tta=tta)
+                assert run["holdout_errors"][way] == round(12 * (1 - own["accuracy"]))
+        errors = [run["holdout_errors"]["plain"] for run in repeat["seeds"]]
+        assert repeat["median"]["holdout_errors"]["plain"] == statistics.median(errors)
+    table = seeds_section(repeats)
+    assert "held-out errors" in table[4] and table[5].count("|") == table[6].count("|")
 
 
 def test_reference_ratios_compare_best_modes_and_skip_failed_ones():

@@ -11,6 +11,7 @@ mean of the two models' probabilities is scored too.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,33 @@ def holdout_comparison(routes_run: dict, workdir: Path, holdout: Path) -> dict:
             mean = (probs[a, way] + probs[b, way]) / 2
             pairs[-1]["mean"][way] = _scores(mean, labels)[0]
     return {"store": str(holdout), "routes": scored, "pairs": pairs}
+
+
+# the route whose weights a seeded route's seed 0 shares (time_to_target.SEEDED_ROUTES)
+SEED_ZERO = {"mae_finetune": "mae", "cnn": "cnn"}
+
+
+def seed_holdout(repeats: dict, workdir: Path, holdout: Path, scored: dict | None = None) -> None:
+    """Each seeded run's held-out errors, plain and D4-averaged, and their median per route,
+    added to `repeats` (time_to_target.seed_repeats). One seed's count is not the route's: the
+    ResNet's three seeds made 11, 4 and 19 errors on the same 32,400 images (docs/recipes.md,
+    E25). Seed 0 reuses the main comparison's scores (`scored`, holdout_comparison's routes)."""
+    from lensperf.train.run import classifier_predictions
+
+    for name, repeat in repeats.items():
+        for run in repeat["seeds"]:
+            zero = SEED_ZERO[name]
+            if run["seed"] == 0 and scored and zero in scored["routes"]:
+                done = scored["routes"][zero]
+                run["holdout_errors"] = {way: done[way]["errors"] for way in ("plain", "d4")}
+                continue
+            folder = zero if run["seed"] == 0 else f"{name}_seed{run['seed']}"
+            weights = final_weights(workdir / folder / "finetune_cls")
+            run["holdout_errors"] = {}
+            for way, tta in (("plain", False), ("d4", True)):
+                probs, labels = classifier_predictions(weights, holdout, tta=tta)
+                run["holdout_errors"][way] = _scores(probs.numpy(), labels.numpy())[0]["errors"]
+        repeat["median"]["holdout_errors"] = {
+            way: statistics.median(run["holdout_errors"][way] for run in repeat["seeds"])
+            for way in ("plain", "d4")
+        }

@@ -206,19 +206,27 @@ def seeds_section(repeats: dict) -> list[str]:
         + " | final accuracy / macro AUC | final, D4-averaged |",
         "|---" * (len(targets) + 4) + "|",
     ]  # fmt: skip
+    held_out = "holdout_errors" in first["median"]
+    if held_out:  # a column more: each seed's errors on the held-out store
+        lines[-2] += " held-out errors, plain / D4-averaged |"
+        lines[-1] += "---|"
 
-    def row(label, seed, cells, final, tta):
+    def row(label, seed, cells, final, tta, errors):
         ends = [f"{e['accuracy']:.4f} / {e['auc_macro']:.6f}" if e else "-" for e in (final, tta)]
+        if held_out:
+            ends.append(f"{errors['plain']:g} / {errors['d4']:g}")
         return f"| {label} | {seed} | " + " | ".join([*cells, *ends]) + " |"
 
     for r in repeats.values():
         for run in r["seeds"]:
             cells = [_minutes(run["time_to_accuracy"][x]) for x in targets]
-            lines.append(row(r["label"], run["seed"], cells, run["final"], run["final_tta"]))
+            lines.append(row(r["label"], run["seed"], cells, run["final"], run["final_tta"],
+                             run.get("holdout_errors")))  # fmt: skip
         m = r["median"]
         crossings = (m["time_to_accuracy"][x] for x in targets)
         cells = [f"{_minutes(c if c['reached'] else None)} ({c['reached']})" for c in crossings]
-        lines.append(row(r["label"], "**median**", cells, m["final"], m["final_tta"]))
+        lines.append(row(r["label"], "**median**", cells, m["final"], m["final_tta"],
+                         m.get("holdout_errors")))  # fmt: skip
     return lines
 
 

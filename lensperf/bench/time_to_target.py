@@ -13,7 +13,8 @@ A route is a list of training stages; every stage's training clock counts (the t
 With `seeds` > 1 the two routes whose end points decide the comparison, the amortised fine-tune
 (from the same encoder) and the ResNet, run again with `runtime.seed` 1, 2, ...: at 0.999
 accuracy a few images decide a gap, so their medians are the comparison. With a `holdout` store
-the routes' end points are also scored on it, image by image (holdout.py).
+the routes' end points are also scored on it, image by image (holdout.py), and with `seeds`
+too every seed's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from lensperf.bench.holdout import final_weights, holdout_comparison
+from lensperf.bench.holdout import final_weights, holdout_comparison, seed_holdout
 from lensperf.presets import preset
 from lensperf.store import CLASSIFICATION
 from lensperf.store.io import open_store
@@ -275,6 +276,8 @@ def run_time_to_target(
     if seeds > 1:
         results["seeds"] = seed_repeats(results["routes"], recipe, store, workdir, extra,
                                         overrides, seeds)  # fmt: skip
+        if holdout:
+            seed_holdout(results["seeds"], workdir, Path(holdout), results["holdout"])
     if not sr_store:
         sr_store = _simulate(workdir / "sr.zarr", recipe, sr=True, size=store_size)
     results["sr"] = _super_resolution(recipe, Path(sr_store), workdir, overrides)

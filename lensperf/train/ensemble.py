@@ -10,8 +10,6 @@ the same way, since one image is read once for all of them.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
@@ -59,10 +57,16 @@ class Ensemble(nn.Module):
         return self.head(self.embed(images_BCHW))
 
 
-def load_classifiers(checkpoints: list[str | Path]) -> tuple[object, nn.Module, dict]:
-    """(task, model, preprocessing) of one checkpoint, or of several classifiers' average (the
-    first one's task and config stand for the ensemble's). Refuses checkpoints that are not
-    classifiers, or whose training images were made differently, with one line."""
+def checkpoint_list(checkpoint) -> list:
+    """One checkpoint's path, or a list or tuple of them, as a list."""
+    return list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+
+
+def load_classifiers(checkpoint) -> tuple[object, nn.Module, dict]:
+    """(task, model, preprocessing) of one checkpoint (any task's), or of a list of classifiers
+    averaged (the first one's task and config stand for the ensemble's). Refuses checkpoints
+    that are not classifiers, or whose training images were made differently, with one line."""
+    checkpoints = checkpoint_list(checkpoint)
     if not checkpoints:
         raise DataError("no checkpoint given")
     loaded = []

@@ -14,7 +14,7 @@ from lensperf.data import make_loader
 from lensperf.errors import ConfigError, DataError
 from lensperf.runtime import resolve_device, run_autocast
 from lensperf.store import CLASSIFICATION
-from lensperf.train.ensemble import load_classifiers
+from lensperf.train.ensemble import checkpoint_list, load_classifiers
 from lensperf.train.tasks import TASKS
 from lensperf.train.trainer import Trainer
 
@@ -56,7 +56,7 @@ def evaluate(
     suffix = ("" if split == "val" else f"-{split}") + (
         f"-shift{shift[0]}_{shift[1]}" if any(shift) else ""
     )
-    checkpoints = _as_list(checkpoint)
+    checkpoints = checkpoint_list(checkpoint)
     if len(checkpoints) > 1:
         suffix += f"-mean{len(checkpoints)}"
     out = Path(out) if out else Path(checkpoints[0]).parent / f"eval-{Path(data).stem}{suffix}"
@@ -102,7 +102,7 @@ def classifier_predictions(
 
 def _loaded(checkpoint, data, split: str, tta: bool, shift: tuple[int, int] = (0, 0)):
     """(task, model in eval mode, loader); `checkpoint` may be a list: classifiers averaged."""
-    task, model, _ = load_classifiers(_as_list(checkpoint))
+    task, model, _ = load_classifiers(checkpoint)
     if tta:
         if not hasattr(task.config, "tta"):
             raise ConfigError("tta", f"test-time averaging is for classifiers, not {task.name}")
@@ -116,10 +116,6 @@ def _loaded(checkpoint, data, split: str, tta: bool, shift: tuple[int, int] = (0
     if len(loader) == 0:
         raise DataError(f"{data} has no {split} samples")
     return task, model, (ShiftedImages(loader, shift) if any(shift) else loader)
-
-
-def _as_list(checkpoint) -> list:
-    return list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
 
 
 class ShiftedImages:
