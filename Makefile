@@ -2,6 +2,12 @@
 PY ?= python3
 .PHONY: install demo test test-slow lint format bench bench-data
 
+# A stamp left by another environment (this checkout kept, the packages gone) is not trusted:
+# when this Python cannot find the installed kernels package, the install runs again.
+ifneq ($(shell $(PY) -c "import importlib.util as u; print(u.find_spec('lensperf_kernels') is not None)" 2>/dev/null),True)
+.PHONY: .installed
+endif
+
 .installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0  # the CPU build; unpinned torch pulls 5.5 GB of CUDA
 	$(PY) -m pip install -q -e ".[dev]"
