@@ -335,3 +335,17 @@ def test_train_and_eval_records_share_one_position(stores, tmp_path):
         }
     train_images, batch = 3 * (24 - 2), 16  # all three classes, as the demo preset pretrains
     assert evals[-1]["images"] == 2 * (train_images // batch) * batch  # full batches only
+
+
+def test_sr_loss_is_taken_on_the_clamped_output_with_the_gradient_straight_through():
+    """Evaluation and predict clamp the SR output to [0, 1], so the loss does too: a sky pushed
+    below 0 costs nothing where the truth is 0, and a value above 1 is 1. Its gradient is that of
+    the clamped error, passed through the clamp: a faint pixel predicted below 0 is pulled up."""
+    from lensperf.train.tasks import SuperResolutionTask
+
+    hr = torch.tensor([[[[0.0, 0.2], [0.5, 1.0]]]])
+    out = torch.tensor([[[[-0.3, -0.1], [0.6, 1.4]]]], requires_grad=True)
+    loss = SuperResolutionTask(None).loss(lambda lr: out, {"lr": None, "hr": hr})
+    torch.testing.assert_close(loss, torch.tensor((0.2**2 + 0.1**2) / 4))
+    loss.backward()
+    torch.testing.assert_close(out.grad, torch.tensor([[[[0.0, -0.1], [0.05, 0.0]]]]))
