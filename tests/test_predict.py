@@ -264,7 +264,7 @@ def test_sr_predict_writes_upscaled_files_of_the_same_names(tmp_path):
     np.testing.assert_allclose(np.load(out / "a.npy"), expected, atol=1e-6)
     # SR models are not averaged: only classifiers' probabilities are
     _one_line_error(run_cli("predict", "--checkpoint", run / "checkpoint.pt", "--checkpoint",
-                            run / "checkpoint.pt", inputs, "--out", tmp_path / "hr2"),
+                            run / "best.pt", inputs, "--out", tmp_path / "hr2"),
                     "only classifiers")  # fmt: skip
     assert not (tmp_path / "hr2").exists()
 
@@ -339,8 +339,8 @@ def test_several_checkpoints_predict_and_evaluate_the_mean_of_their_probabilitie
 ):
     """A ViT (bf16 here) and a ResNet run in fp32, given together: predict writes the mean of
     the two models' probabilities, each model at its own precision; evaluate, with and without
-    test-time averaging, scores that mean; a model trained on images made another way is
-    refused with one line (an SR model: in the SR test)."""
+    test-time averaging, scores that mean; a model trained on images made another way, or one
+    checkpoint given twice, is refused with one line (an SR model: in the SR test)."""
     from lensperf.train.checkpoint import save_checkpoint
     from lensperf.train.metrics import classification_metrics
 
@@ -387,3 +387,8 @@ def test_several_checkpoints_predict_and_evaluate_the_mean_of_their_probabilitie
     _one_line_error(run_cli("predict", "--checkpoint", vit, "--checkpoint", other,
                             f"{store}:val", "--out", tmp_path / "x.csv"),
                     "made another way")  # fmt: skip
+    _one_line_error(run_cli("evaluate", "--checkpoint", vit, "--checkpoint", cnn, "--checkpoint",
+                            vit.parent / ".." / vit.parent.name / vit.name, "--data", store,
+                            "--out", tmp_path / "twice"),
+                    "given twice")  # fmt: skip
+    assert not (tmp_path / "twice").exists()

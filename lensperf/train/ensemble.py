@@ -10,6 +10,8 @@ the same way, since one image is read once for all of them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -65,10 +67,17 @@ def checkpoint_list(checkpoint) -> list:
 def load_classifiers(checkpoint) -> tuple[object, nn.Module, dict]:
     """(task, model, preprocessing) of one checkpoint (any task's), or of a list of classifiers
     averaged (the first one's task and config stand for the ensemble's). Refuses checkpoints
-    that are not classifiers, or whose training images were made differently, with one line."""
+    that are not classifiers, whose training images were made differently, or that are given
+    twice, with one line."""
     checkpoints = checkpoint_list(checkpoint)
     if not checkpoints:
         raise DataError("no checkpoint given")
+    seen = set()
+    for path in checkpoints:
+        if Path(path).resolve() in seen:
+            raise DataError(f"{path} is given twice: an average of a model with itself is "
+                            "that model (give each checkpoint once)")  # fmt: skip
+        seen.add(Path(path).resolve())
     loaded = []
     for path in checkpoints:
         state = load_checkpoint(path)
