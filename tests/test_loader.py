@@ -64,6 +64,28 @@ def test_every_sample_exactly_once_per_epoch(cls_store):
     assert not np.array_equal(indices(other), first)
 
 
+@pytest.mark.parametrize("backend", ["memory", "torch"])
+def test_labels_per_class_draws_the_same_images_for_every_seed(cls_store, backend):
+    """`per_class` keeps that many samples of each class, drawn once: every epoch and every seed
+    trains on the same ones, each visited once an epoch; a class with fewer is refused."""
+    labels = StoreReader(cls_store, "train").read_all()["labels"]
+    seen = []
+    for seed in (0, 5):
+        loader = make_loader(cls_store, "train", batch_size=4, backend=backend, seed=seed,
+                             per_class=7)  # fmt: skip
+        for _ in range(2):
+            got = indices(loader)
+            assert len(got) == len(set(got.tolist())) == 21
+            assert np.bincount(labels[got], minlength=3).tolist() == [7, 7, 7]
+            seen.append(sorted(got.tolist()))
+    assert all(s == seen[0] for s in seen)
+    first = sorted(np.concatenate([np.flatnonzero(labels == k)[:7] for k in range(3)]).tolist())
+    assert seen[0] != first  # a draw, not the store's first images (an import is sorted by name)
+    fewest = np.bincount(labels).min()
+    with pytest.raises(DataError, match=f"labels_per_class={fewest + 1}: class .* has only"):
+        make_loader(cls_store, "train", batch_size=4, per_class=fewest + 1)
+
+
 def test_order_is_chunk_local():
     plan = EpochPlan(n=10_000, chunk=64, batch_size=256, seed=0)
     order = plan.order(0)

@@ -11,6 +11,7 @@ from lensperf.config import load_config
 from lensperf.errors import DataError
 from lensperf.models import MAE, Classifier, MAEConfig, SuperResolution, ViTConfig, ViTEncoder
 from lensperf.simulate.runner import simulate_classification, simulate_sr
+from lensperf.store import open_store
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.config import PretrainConfig
 from lensperf.train.run import train, train_config
@@ -228,6 +229,24 @@ def test_finetune_from_pretrained_export_and_api(stores, tmp_path):
     )
     assert evaluation.returncode == 0, evaluation.stderr
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["task"] == "finetune_sr"
+
+
+def test_labels_per_class_trains_on_that_many_and_validates_on_all(stores, tmp_path):
+    out = tmp_path / "few"
+    metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", [
+        f"out_dir={out}", f"data.store={stores['cls']}", "pretrained=", "epochs=2",
+        "data.batch_size=3", "data.labels_per_class=1", "runtime.compile=false", *TINY_ENCODER,
+    ])  # fmt: skip
+    assert metrics["images_seen"] == 2 * 3  # 2 epochs of 1 image a class
+    # the report scores every validation image: its macro average's support is the split
+    report = (out / "report" / "classification_report.txt").read_text()
+    support = int(next(line for line in report.splitlines() if "macro avg" in line).split()[-1])
+    assert support == open_store(stores["cls"])["val/labels"].shape[0] > 3
+    for bad, message in (("1000", "has only"), ("-1", "must be non-negative")):
+        result = run_cli("finetune-cls", "--config", "demo", f"data.store={stores['cls']}",
+                         f"out_dir={tmp_path / bad}", "pretrained=", "runtime.compile=false",
+                         f"data.labels_per_class={bad}")  # fmt: skip
+        assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
 
 
 def test_wrong_store_kind_for_the_task(stores, tmp_path):

@@ -32,6 +32,7 @@ def make_loader(
     num_workers: int = 0,
     standardise: tuple[float, float] | None = None,
     classes: tuple[str, ...] = (),
+    per_class: int = 0,
 ) -> Loader:
     """An iterable of batches (dicts of tensors on `device`) over `split` of `store`.
 
@@ -39,7 +40,8 @@ def make_loader(
     `num_workers` threads), "torch" (batches built in this process, `num_workers` threads
     ahead; 0: when asked for) or "memory" (the whole split in RAM, built the same way).
     Every backend gives the same samples in the same order for the same seed. `classes`
-    restricts a classification split to those classes (empty: all). `standardise=(mean, std)`
+    restricts a classification split to those classes (empty: all), and `per_class` to that many
+    samples of each class, the same ones every time (0: all). `standardise=(mean, std)`
     maps every image x to (x - mean) / std as the batch is gathered.
     """
     if backend not in BACKENDS:
@@ -48,6 +50,9 @@ def make_loader(
         raise DataError(f"unknown split {split!r} ({' or '.join(SPLITS)})")
     reader = StoreReader(store, split, kind)
     keep = reader.class_mask(classes) if classes else None
+    if per_class:
+        drawn = reader.per_class_mask(per_class)
+        keep = drawn if keep is None else keep & drawn
     try:
         plan = EpochPlan(
             n=reader.length, chunk=reader.chunk, batch_size=batch_size, seed=seed,

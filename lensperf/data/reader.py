@@ -22,6 +22,7 @@ from lensperf.store import CLASSIFICATION, LAYOUTS, open_store, read_rows
 from lensperf.store.chunk_files import ChunkFiles
 
 CACHE_CHUNKS = 48  # per array: six windows of 8 chunks, for batches being built ahead
+PER_CLASS_DRAW = 0x1AB  # the seed of `per_class_mask`'s draw, fixed across runs
 
 
 class StoreReader:
@@ -138,6 +139,21 @@ class StoreReader:
             raise DataError(f"unknown class {unknown[0]!r} (the store has {', '.join(known)})")
         wanted = [known.index(c) for c in classes]
         return np.isin(self._small()["labels"], wanted)
+
+    def per_class_mask(self, n: int) -> np.ndarray:
+        """(n,) bool: `n` samples of each class, drawn once with a fixed seed, so that every run
+        and every `runtime.seed` trains on the same labelled images (a study of few labels)."""
+        if self.kind != CLASSIFICATION:
+            raise DataError(f"{self.path} is an SR store: it has no classes to draw from")
+        labels, known = self._small()["labels"], list(open_store(self.path).attrs["classes"])
+        keep, rng = np.zeros(len(labels), bool), np.random.default_rng(PER_CLASS_DRAW)
+        for k, name in enumerate(known):
+            members = np.flatnonzero(labels == k)
+            if len(members) < n:
+                raise DataError(f"labels_per_class={n}: class {name} has only {len(members)} "
+                                f"{self.split} images in {self.path}")  # fmt: skip
+            keep[rng.choice(members, n, replace=False)] = True
+        return keep
 
     def read_all(self) -> dict[str, np.ndarray]:
         return {name: read_rows(self._open()[name], slice(None)) for name in self.names}

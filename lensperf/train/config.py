@@ -20,9 +20,13 @@ class DataConfig:
     augment: bool = True
     # Pretrain on these classes only (the MAE learns no_sub images); empty = all.
     classes: tuple[str, ...] = ()
+    # Train on this many labelled images of each class only, drawn once with a fixed seed (how
+    # far a few labels go; validation keeps every image); 0: all.
+    labels_per_class: int = 0
 
     def __post_init__(self):
         require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.labels_per_class >= 0, "labels_per_class", "must be non-negative (0: all)")
         require(self.num_workers >= 0, "num_workers", "must be non-negative")
 
 
