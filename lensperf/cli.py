@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lensperf import interrupts
 from lensperf.errors import ConfigError, LensperfError
-from lensperf.presets import resolve_config
+from lensperf.presets import preset_names, resolve_config
 
 
 def _int_at_least(minimum: int):
@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--config", required=True,
-            help=f"YAML file, or a preset name in configs/{section}/ (demo, cpu, gpu)",
+            help=f"YAML file, or a preset name in configs/{section}/ "
+            f"({', '.join(preset_names(section))})",
         )  # fmt: skip
         run = p.add_mutually_exclusive_group()
         run.add_argument(

@@ -28,6 +28,16 @@ def test_help_explains_each_command(command):
     assert len(result.stdout.splitlines()) > 5
 
 
+@pytest.mark.parametrize("command", ["pretrain", "finetune-cls", "finetune-sr"])
+def test_training_help_names_every_preset(command):
+    """The presets are the files in configs/<section>/ (finetune-cls has the ResNet's too)."""
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    names = sorted(p.stem for p in (ROOT / "configs" / command.replace("-", "_")).glob("*.yaml"))
+    assert len(names) >= 3 and f"({', '.join(names)})" in text
+
+
 def test_simulate_inspect_round_trip(tmp_path):
     out = tmp_path / "s.zarr"
     result = run_cli(
