@@ -129,23 +129,23 @@ class StoreReader:
             out[name] = rows
         return out
 
+    def _labels_and_classes(self, asked: str) -> tuple[np.ndarray, list[str]]:
+        if self.kind != CLASSIFICATION:
+            raise DataError(f"{self.path} is an SR store: it has no classes {asked}")
+        return self._small()["labels"], list(open_store(self.path).attrs["classes"])
+
     def class_mask(self, classes: tuple[str, ...]) -> np.ndarray:
         """(n,) bool: samples whose class is one of `classes`."""
-        if self.kind != CLASSIFICATION:
-            raise DataError(f"{self.path} is an SR store: it has no classes to select")
-        known = list(open_store(self.path).attrs["classes"])
+        labels, known = self._labels_and_classes("to select")
         unknown = [c for c in classes if c not in known]
         if unknown:
             raise DataError(f"unknown class {unknown[0]!r} (the store has {', '.join(known)})")
-        wanted = [known.index(c) for c in classes]
-        return np.isin(self._small()["labels"], wanted)
+        return np.isin(labels, [known.index(c) for c in classes])
 
     def per_class_mask(self, n: int) -> np.ndarray:
         """(n,) bool: `n` samples of each class, drawn once with a fixed seed, so that every run
         and every `runtime.seed` trains on the same labelled images (a study of few labels)."""
-        if self.kind != CLASSIFICATION:
-            raise DataError(f"{self.path} is an SR store: it has no classes to draw from")
-        labels, known = self._small()["labels"], list(open_store(self.path).attrs["classes"])
+        labels, known = self._labels_and_classes("to draw from")
         keep, rng = np.zeros(len(labels), bool), np.random.default_rng(PER_CLASS_DRAW)
         for k, name in enumerate(known):
             members = np.flatnonzero(labels == k)

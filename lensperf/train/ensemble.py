@@ -72,12 +72,11 @@ def load_classifiers(checkpoint) -> tuple[object, nn.Module, dict]:
     checkpoints = checkpoint_list(checkpoint)
     if not checkpoints:
         raise DataError("no checkpoint given")
-    seen = set()
-    for path in checkpoints:
-        if Path(path).resolve() in seen:
+    resolved = [Path(path).resolve() for path in checkpoints]
+    for i, path in enumerate(checkpoints):
+        if resolved[i] in resolved[:i]:
             raise DataError(f"{path} is given twice: an average of a model with itself is "
                             "that model (give each checkpoint once)")  # fmt: skip
-        seen.add(Path(path).resolve())
     loaded = []
     for path in checkpoints:
         state = load_checkpoint(path)
