@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-throughput", action="store_true",
         help="with --time-to-target, run only its routes: leave out the throughput timing, the "
-        "loader and the profile (about 20 minutes on 2 cores)",
+        "loader and the profile, which take about 20 minutes more on 2 cores",
     )  # fmt: skip
     p.set_defaults(func=cmd_bench)
 

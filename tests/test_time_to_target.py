@@ -64,10 +64,17 @@ def test_amortised_route_starts_its_clock_at_fine_tuning():
     assert seen["time_to_accuracy"]["0.95"]["train_s"] == 30.0 and seen["amortised"]
 
 
-def test_a_second_bench_run_replaces_the_first_in_its_work_folder(tmp_path, model_ii_config):
+def test_a_second_bench_run_replaces_the_first_in_its_work_folder(
+    tmp_path, model_ii_config, capsys
+):
     store = simulate_classification(model_ii_config("n_per_class=12"), tmp_path / "c.zarr")
     route = Route("cnn", "ResNet", (Stage("finetune_cls", "cnn_demo", ("epochs=1",)),))
     first = run_route(route, store, tmp_path / "work")
+    # each stage says when it starts and ends, for a bench run under nohup with no bars
+    said = capsys.readouterr().err.splitlines()
+    assert said[0] == "lensperf bench: cnn: finetune_cls (cnn_demo) started"
+    assert said[-1].startswith("lensperf bench: cnn: finetune_cls done, ")
+    assert said[-1].endswith(f"{first['stages'][0]['images']:,} images")
     again = run_route(route, store, tmp_path / "work")  # refused as "holds a run" before
     assert len(again["curve"]) == len(first["curve"]) == 1
     # the D4-averaged score is of the weights of the curve's last point, at the run's precision

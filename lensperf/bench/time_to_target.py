@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +86,11 @@ def run_route(route: Route, store: Path, workdir: Path, overrides: dict | None =
                  *(overrides or {}).get(stage.task, [])]  # fmt: skip
         if checkpoint is not None:
             given.append(f"pretrained={checkpoint}")
+        say(f"{route.name}: {stage.task} ({stage.preset}) started")
         # the bench's work folder is its own: a second bench run replaces the first's runs
         metrics = train(stage.task, preset(stage.task, stage.preset), given, overwrite=True)
+        say(f"{route.name}: {stage.task} done, {metrics['train_seconds'] / 60:.1f} min of "
+            f"training, {metrics['images_seen']:,} images")  # fmt: skip
         stages.append({
             "task": stage.task, "preset": stage.preset, "overrides": given,
             "train_s": metrics["train_seconds"], "images": metrics["images_seen"],
@@ -107,6 +111,12 @@ def run_route(route: Route, store: Path, workdir: Path, overrides: dict | None =
     ]
     return {"label": route.label, "stages": stages, "offset_s": offset_s, "curve": curve,
             **crossings(curve), "final_tta": final_with_tta(out, store)}  # fmt: skip
+
+
+def say(message: str) -> None:
+    """One line on stderr as each stage starts and ends: the bench runs for an hour or more,
+    often under nohup, where the trainers' progress bars stay silent."""
+    print(f"lensperf bench: {message}", file=sys.stderr, flush=True)
 
 
 def final_with_tta(run_dir: Path, store: Path) -> dict:
@@ -290,10 +300,13 @@ def _super_resolution(recipe: str, sr_store: Path, workdir: Path, overrides=None
 
     out = workdir / "sr"
     pretrained = workdir / "mae" / "pretrain" / "checkpoint.pt"
+    say(f"sr: finetune_sr ({recipe}) started")
     metrics = train("finetune_sr", preset("finetune_sr", recipe), [
         f"out_dir={out}", f"data.store={sr_store}", f"pretrained={pretrained}",
         *(overrides or {}).get("finetune_sr", []),
     ], overwrite=True)  # fmt: skip
+    say(f"sr: done, {metrics['train_seconds'] / 60:.1f} min of training, PSNR "
+        f"{metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
     keys = ("psnr", "ssim", "mse", "bicubic_psnr", "bicubic_ssim", "psnr_gain_db", "train_seconds")
     return {"store": str(sr_store), **{k: metrics[k] for k in keys}, "targets": SR_TARGETS}
 
