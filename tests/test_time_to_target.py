@@ -108,7 +108,9 @@ TINY = {
 }  # fmt: skip
 
 
-def test_holdout_scores_each_route_on_another_store_image_by_image(tmp_path, model_ii_config):
+def test_holdout_scores_each_route_on_another_store_image_by_image(
+    tmp_path, model_ii_config, capsys
+):
     store = simulate_classification(model_ii_config("n_per_class=12"), tmp_path / "c.zarr")
     holdout = simulate_classification(
         model_ii_config("n_per_class=16", "seed=7", "val_fraction=0.5"), tmp_path / "h.zarr"
@@ -125,8 +127,14 @@ def test_holdout_scores_each_route_on_another_store_image_by_image(tmp_path, mod
     assert main["mae_long"]["stages"][0] == pretraining
     own_clock = eval_records(tuned)[-1]["train_s"]
     assert main["mae_long"]["final"]["train_s"] == own_clock + pretraining["train_s"] > own_clock
+    capsys.readouterr()
     found = holdout_comparison(main, work, holdout)
     assert set(found["routes"]) == {"mae", "mae_long", "cnn"}
+    said = capsys.readouterr().err.splitlines()
+    by_route = found["routes"]
+    assert said == [f"lensperf bench: holdout: {name} scored, {by_route[name]['plain']['errors']} "
+                    f"errors, {by_route[name]['d4']['errors']} D4-averaged"
+                    for name in ("mae", "mae_long", "cnn")]  # fmt: skip
     errors = {}
     for name, scored in found["routes"].items():
         weights = final_weights(work / name / "finetune_cls")

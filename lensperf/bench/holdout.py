@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from lensperf.bench.say import say
+
 # each route's own weights (mae_finetune shares mae's)
 ROUTES = ("mae", "mae_long", "vit_scratch", "cnn")
 # the comparisons the 60-minute end point is about: lensperf's routes against the ResNet
@@ -66,6 +68,8 @@ def holdout_comparison(routes_run: dict, workdir: Path, holdout: Path) -> dict:
             p, labels = classifier_predictions(weights, holdout, tta=tta)
             probs[name, way], labels = p.numpy(), labels.numpy()
             scored[name][way], right[name, way] = _scores(probs[name, way], labels)
+        say(f"holdout: {name} scored, {scored[name]['plain']['errors']} errors, "
+            f"{scored[name]['d4']['errors']} D4-averaged")  # fmt: skip
     pairs = []
     for a, b in (pair for pair in PAIRS if set(pair) <= set(scored)):
         # the two models' mean probability too (`--checkpoint A --checkpoint B`): their errors

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from lensperf.bench.holdout import final_weights, holdout_comparison, seed_holdout
+from lensperf.bench.say import say
 from lensperf.presets import preset
 from lensperf.store import CLASSIFICATION
 from lensperf.store.io import open_store
@@ -111,12 +111,6 @@ def run_route(route: Route, store: Path, workdir: Path, overrides: dict | None =
     ]
     return {"label": route.label, "stages": stages, "offset_s": offset_s, "curve": curve,
             **crossings(curve), "final_tta": final_with_tta(out, store)}  # fmt: skip
-
-
-def say(message: str) -> None:
-    """One line on stderr as each stage starts and ends: the bench runs for an hour or more,
-    often under nohup, where the trainers' progress bars stay silent."""
-    print(f"lensperf bench: {message}", file=sys.stderr, flush=True)
 
 
 def final_with_tta(run_dir: Path, store: Path) -> dict:
@@ -305,8 +299,10 @@ def _super_resolution(recipe: str, sr_store: Path, workdir: Path, overrides=None
         f"out_dir={out}", f"data.store={sr_store}", f"pretrained={pretrained}",
         *(overrides or {}).get("finetune_sr", []),
     ], overwrite=True)  # fmt: skip
-    say(f"sr: done, {metrics['train_seconds'] / 60:.1f} min of training, PSNR "
-        f"{metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
+    say(
+        f"sr: done, {metrics['train_seconds'] / 60:.1f} min of training, PSNR "
+        f"{metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}"
+    )
     keys = ("psnr", "ssim", "mse", "bicubic_psnr", "bicubic_ssim", "psnr_gain_db", "train_seconds")
     return {"store": str(sr_store), **{k: metrics[k] for k in keys}, "targets": SR_TARGETS}
 
