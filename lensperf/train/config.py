@@ -121,6 +121,10 @@ class FinetuneClsConfig:
     encoder: ViTConfig = field(default_factory=ViTConfig)  # used when training from scratch
     resnet: ResNetConfig = field(default_factory=ResNetConfig)  # used when arch=resnet
     linear_probe: bool = False
+    # A classifier checkpoint (arch=vit; a linear probe's, say) whose head starts this run's
+    # head instead of a fresh one: probe first, then fine-tune (LP-FT), which helps with few
+    # labels (docs/recipes.md, FL17). Its head must fit this model's (pool, local_width).
+    head_init: str = ""
     label_smoothing: float = 0.0
     # The encoder sees this fraction of each image's patches, the brightest (the arc; the rest
     # is empty sky), in training and evaluation. 1 keeps every patch. arch=vit only.
@@ -154,6 +158,7 @@ class FinetuneClsConfig:
         if self.arch == "resnet":
             require(not self.pretrained, "pretrained", "must be empty for arch=resnet")
             require(not self.linear_probe, "linear_probe", "needs arch=vit")
+            require(not self.head_init, "head_init", "needs arch=vit")
             require(self.pool == "mean", "pool", "needs arch=vit")
             require(self.local_width == 0, "local_width", "needs arch=vit")
 

@@ -1,5 +1,6 @@
 """Move a pretrained encoder between runs: load it from a checkpoint or an exported directory
-(encoder.safetensors + encoder.yaml), and export it."""
+(encoder.safetensors + encoder.yaml), and export it; and start a classifier's head from another
+run's (a linear probe's, for fine-tuning after probing)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import yaml
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from lensperf.atomic import atomic_folder
 from lensperf.config import from_dict, to_dict
@@ -44,6 +46,28 @@ def load_encoder(path: str | Path) -> ViTEncoder:
             ) from None
         return encoder
     return encoder_from_checkpoint(load_checkpoint(path))
+
+
+def load_head(model: nn.Module, path: str | Path) -> None:
+    """Copy the head of the classifier checkpoint at `path` into `model.head`, which must have
+    the same shape (the same pool and local_width, the same number of classes)."""
+    state = load_checkpoint(path)
+    prefix = "head."
+    weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    if state.get("task") != "finetune_cls" or not weights or state.get("encoder_config") is None:
+        raise DataError(f"{path} is not a ViT classifier's checkpoint (head_init needs one)")
+    own = model.head.state_dict()
+    if _shapes(weights) != _shapes(own):
+        theirs = _shapes(weights).get("1.weight", "?")
+        raise DataError(
+            f"{path}'s head (classes x features {theirs}) does not fit this model's "
+            f"{_shapes(own)['1.weight']}: pool and local_width must match"
+        )
+    model.head.load_state_dict(weights)
+
+
+def _shapes(weights: dict) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in weights.items()}
 
 
 def export_encoder(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:

@@ -25,7 +25,7 @@ from lensperf.store import CLASSES, CLASSIFICATION, SR
 from lensperf.train import metrics as M
 from lensperf.train import report as R
 from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, PretrainConfig
-from lensperf.train.encoder_io import load_encoder
+from lensperf.train.encoder_io import load_encoder, load_head
 
 
 class Task:
@@ -132,13 +132,14 @@ class ClassifyTask(_FinetuneTask):
     store_kind = CLASSIFICATION
     selection_metric = "accuracy"  # best.pt by default
     fixed_sections = (
-        "arch", "encoder", "resnet", "pretrained", "linear_probe", "pool", "local_width", "data"
+        "arch", "encoder", "resnet", "pretrained", "linear_probe", "head_init", "pool",
+        "local_width", "data",
     )  # fmt: skip
 
     def build_model(self, encoder: ViTConfig | None = None) -> Classifier | ResNet:
         if self.config.arch == "resnet":
             return ResNet(self.config.resnet, num_classes=len(CLASSES))
-        return Classifier(
+        model = Classifier(
             self.encoder(encoder),
             num_classes=len(CLASSES),
             linear_probe=self.config.linear_probe,
@@ -146,6 +147,11 @@ class ClassifyTask(_FinetuneTask):
             pool=self.config.pool,
             local_width=self.config.local_width,
         )
+        # Only for a new model: one rebuilt from its own checkpoint (encoder given) gets that
+        # checkpoint's head, and the probe it started from may be gone.
+        if self.config.head_init and encoder is None:
+            load_head(model, self.config.head_init)
+        return model
 
     def loss(self, model, batch) -> torch.Tensor:
         images = batch["image"]
