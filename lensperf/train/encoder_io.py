@@ -23,10 +23,8 @@ def encoder_from_checkpoint(state: dict) -> ViTEncoder:
     if state.get("encoder_config") is None:
         raise DataError(f"a {state.get('task')} checkpoint of a model with no ViT encoder")
     config = from_dict(ViTConfig, state["encoder_config"], prefix="encoder")
-    prefix = "encoder."
-    weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
     encoder = ViTEncoder(config)
-    encoder.load_state_dict(weights)
+    encoder.load_state_dict(_weights_under(state, "encoder."))
     return encoder
 
 
@@ -52,18 +50,21 @@ def load_head(model: nn.Module, path: str | Path) -> None:
     """Copy the head of the classifier checkpoint at `path` into `model.head`, which must have
     the same shape (the same pool and local_width, the same number of classes)."""
     state = load_checkpoint(path)
-    prefix = "head."
-    weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    weights = _weights_under(state, "head.")
     if state.get("task") != "finetune_cls" or not weights or state.get("encoder_config") is None:
         raise DataError(f"{path} is not a ViT classifier's checkpoint (head_init needs one)")
-    own = model.head.state_dict()
-    if _shapes(weights) != _shapes(own):
-        theirs = _shapes(weights).get("1.weight", "?")
+    theirs, own = _shapes(weights), _shapes(model.head.state_dict())
+    if theirs != own:
         raise DataError(
-            f"{path}'s head (classes x features {theirs}) does not fit this model's "
-            f"{_shapes(own)['1.weight']}: pool and local_width must match"
+            f"{path}'s head (classes x features {theirs.get('1.weight', '?')}) does not fit "
+            f"this model's {own['1.weight']}: pool and local_width must match"
         )
     model.head.load_state_dict(weights)
+
+
+def _weights_under(state: dict, prefix: str) -> dict:
+    """The checkpoint's weights of one submodule (`prefix`, e.g. "encoder."), named as in it."""
+    return {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
 
 
 def _shapes(weights: dict) -> dict[str, tuple[int, ...]]:
