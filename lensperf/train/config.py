@@ -126,6 +126,13 @@ class FinetuneClsConfig:
     # labels (docs/recipes.md, FL17). Its head must fit this model's (pool, local_width).
     head_init: str = ""
     label_smoothing: float = 0.0
+    # A trained classifier checkpoint (any arch: the ResNet's, say) whose predictions on each
+    # training batch the model also learns (knowledge distillation): the loss is
+    # (1 - distill_weight) x cross-entropy with the labels + distill_weight x T^2 x KL(teacher ||
+    # model) at temperature T = distill_temperature. The teacher only trains; it is not saved.
+    teacher: str = ""
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
     # The encoder sees this fraction of each image's patches, the brightest (the arc; the rest
     # is empty sky), in training and evaluation. 1 keeps every patch. arch=vit only.
     token_keep: float = 1.0
@@ -150,6 +157,8 @@ class FinetuneClsConfig:
         _check_schedule(self)
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         require(self.shift >= 0, "shift", "must be non-negative")
+        require(0 <= self.distill_weight <= 1, "distill_weight", "must be in [0, 1]")
+        require(self.distill_temperature > 0, "distill_temperature", "must be positive")
         require(0 < self.token_keep <= 1, "token_keep", "must be in (0, 1]")
         require(self.local_width >= 0, "local_width", "must be non-negative")
         require(

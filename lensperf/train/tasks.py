@@ -17,14 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lensperf.config import from_dict, to_dict
+from lensperf.data import make_loader
 from lensperf.data.augment import random_shift, symmetric_view
+from lensperf.data.reader import StoreReader
 from lensperf.errors import DataError
 from lensperf.models import MAE, Classifier, SuperResolution, ViTConfig, ViTEncoder
 from lensperf.models.resnet import ResNet
 from lensperf.store import CLASSES, CLASSIFICATION, SR
 from lensperf.train import metrics as M
 from lensperf.train import report as R
+from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, PretrainConfig
+from lensperf.train.distill import distillation_loss, teacher_targets
 from lensperf.train.encoder_io import load_encoder, load_head
 
 
@@ -55,6 +59,10 @@ class Task:
     def example_batch(self, batch_size: int, device: torch.device) -> dict:
         """A random batch shaped like the loader's, for the bench."""
         raise NotImplementedError
+
+    def prepare(self, device: torch.device) -> None:
+        """Load what training needs besides the model (a teacher), before the first step: a
+        missing or wrong file then fails before any training. Nothing by default."""
 
     def checkpoint_extras(self, model: nn.Module) -> dict:
         """What a checkpoint holds besides the weights to rebuild `model` (`from_checkpoint`):
@@ -135,6 +143,8 @@ class ClassifyTask(_FinetuneTask):
         "arch", "encoder", "resnet", "pretrained", "linear_probe", "head_init", "pool",
         "local_width", "data",
     )  # fmt: skip
+    # config.teacher's targets for each training image, once `prepare` has computed them
+    teacher_log_probs: torch.Tensor | None = None
 
     def build_model(self, encoder: ViTConfig | None = None) -> Classifier | ResNet:
         if self.config.arch == "resnet":
@@ -153,19 +163,53 @@ class ClassifyTask(_FinetuneTask):
             load_head(model, self.config.head_init)
         return model
 
+    def prepare(self, device: torch.device) -> None:
+        if self.config.teacher:
+            self.teacher_log_probs = self._teacher_targets(device)
+
+    def _teacher_targets(self, device: torch.device) -> torch.Tensor:
+        path, data = self.config.teacher, self.config.data
+        state = load_checkpoint(path)
+        if state.get("task") != self.name:
+            raise DataError(f"{path} is not a classifier's checkpoint (teacher needs one)")
+        task, teacher = model_from_checkpoint(state)
+        teacher = teacher.eval().to(device)
+        # The teacher runs 8 forwards an image once; compiled, a ResNet's run at twice the rate.
+        if self.config.runtime.compile:
+            teacher.embed = torch.compile(teacher.embed)
+        task = ClassifyTask(dataclasses.replace(task.config, tta=True))
+        loader = make_loader(
+            data.store, "train", batch_size=256, shuffle=False, device=device,
+            kind=self.store_kind, classes=data.classes, per_class=data.labels_per_class,
+        )  # fmt: skip
+        rows = StoreReader(data.store, "train", self.store_kind).length
+        targets = teacher_targets(
+            lambda batches: task.predict(teacher, batches), loader, rows, len(CLASSES)
+        )
+        return targets.to(device)
+
     def loss(self, model, batch) -> torch.Tensor:
         images = batch["image"]
         if self.config.shift and model.training:
             images = random_shift(images, self.config.shift)
-        logits = model(images)
-        return F.cross_entropy(
-            logits.float(), batch["label"], label_smoothing=self.config.label_smoothing
+        logits = model(images).float()
+        labelled = F.cross_entropy(
+            logits, batch["label"], label_smoothing=self.config.label_smoothing
         )
+        if not self.config.teacher or not model.training:
+            return labelled
+        if self.teacher_log_probs is None:  # a task not prepared by the trainer
+            self.prepare(images.device)
+        c = self.config
+        targets = self.teacher_log_probs[batch["index"]]
+        distilled = distillation_loss(logits, targets, c.distill_temperature)
+        return (1 - c.distill_weight) * labelled + c.distill_weight * distilled
 
     def predict(self, model, loader) -> dict:
-        """Logits, labels and embeddings of every sample; with `tta`, of the 8 symmetries of
-        each image together (the log of the mean probability, the mean embedding)."""
-        logits, labels, embeddings = [], [], []
+        """Logits, labels, embeddings and split rows (`index`) of every sample; with `tta`, of
+        the 8 symmetries of each image together (the log of the mean probability, the mean
+        embedding)."""
+        logits, labels, embeddings, indices = [], [], [], []
         views = range(8) if self.config.tta else range(1)
         for batch in loader:
             images = batch["image"]
@@ -176,7 +220,9 @@ class ClassifyTask(_FinetuneTask):
             logits.append(probs.clamp_min(1e-12).log().cpu())
             embeddings.append(features.float().view(len(views), n, -1).mean(0).cpu())
             labels.append(batch["label"].cpu())
+            indices.append(torch.as_tensor(batch["index"]).cpu())
         return {
+            "index": torch.cat(indices),
             "logits": torch.cat(logits),
             "labels": torch.cat(labels),
             "embeddings": torch.cat(embeddings),

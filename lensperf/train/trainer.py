@@ -191,6 +191,8 @@ class Trainer:
         self._loaders()
         c = self.config
         self.model = self.task.build_model().to(self.device)
+        with self._autocast():
+            self.task.prepare(self.device)
         self.optimizer = self._optimizer(self.model)
         self.ema = WeightAverage(self.model, c.optim.ema) if c.optim.ema else None
         fp16 = self.amp_dtype == torch.float16
