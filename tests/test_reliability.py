@@ -155,6 +155,22 @@ def test_resume_cuts_the_log_back_to_the_checkpoint(store, tmp_path):
     assert steps == sorted(set(steps)) and 9 not in [r.get("loss") for r in records]
 
 
+@pytest.mark.parametrize("missing", ["pretrained", "teacher"])
+def test_a_run_that_fails_before_training_leaves_nothing(store, tmp_path, missing):
+    """A missing file found while building the model (or its teacher's targets) used to leave an
+    empty run directory holding only its `.lock`."""
+    new, kept = tmp_path / "new" / "run", tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("the user's")
+    for out in (new, kept):
+        result = run_cli("finetune-cls", "--config", "demo", f"data.store={store}",
+                         f"out_dir={out}", "runtime.compile=false", "pretrained=",
+                         f"{missing}={tmp_path / 'gone.pt'}")  # fmt: skip
+        one_line_error(result, "no checkpoint at")
+    assert not new.exists() and new.parent.exists()
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+
+
 def test_export_refuses_what_is_in_the_way(store, tmp_path):
     run = tmp_path / "run"
     assert pretrain(store, run).returncode == 0
@@ -385,7 +401,7 @@ def test_an_empty_val_split_stops_training_before_it_starts(tmp_path):
     result = run_cli("finetune-cls", "--config", "demo", f"data.store={out}", f"out_dir={run}",
                      "pretrained=", "runtime.compile=false")  # fmt: skip
     one_line_error(result, "val split is empty")
-    assert not (run / "checkpoint.pt").exists()
+    assert not run.exists()
 
 
 def test_an_empty_simulator_config_is_the_nominal_preset(tmp_path):

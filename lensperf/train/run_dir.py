@@ -35,6 +35,7 @@ class RunDirectory:
         self.resume = resume
         self.overwrite = overwrite
         self._lock_file = None
+        self._made = False  # whether claim() created the directory
 
     @property
     def checkpoint(self) -> Path:
@@ -44,6 +45,7 @@ class RunDirectory:
         return any((self.path / name).exists() for name in RUN_FILES + RUN_DIRS)
 
     def claim(self) -> RunDirectory:
+        self._made = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
@@ -102,6 +104,21 @@ class RunDirectory:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+
+    def abandon(self) -> None:
+        """Release after a run that failed before writing any run file (a missing pretrained
+        encoder, say): take the lock file away too, and the directory if the claim made it and
+        nothing else is in it, so that the failed command leaves nothing behind."""
+        if self.holds_run():
+            self.release()
+            return
+        self.release()
+        (self.path / ".lock").unlink(missing_ok=True)
+        if self._made:
+            try:
+                self.path.rmdir()
+            except OSError:  # something else is in it now: keep it
+                pass
 
     def __enter__(self) -> RunDirectory:
         return self.claim()

@@ -174,7 +174,8 @@ class Trainer:
 
     # ------------------------------------------------------------ loop
     def run(self) -> dict:
-        """Claim the run directory (rank 0), then train; the claim ends with the run."""
+        """Claim the run directory (rank 0), then train; the claim ends with the run, and a run
+        that fails before writing anything takes its directory (or its lock file) away."""
         claim = None
         if self.rank == 0:
             claim = RunDirectory(self.run_dir, resume=self.resume, overwrite=self.overwrite)
@@ -182,6 +183,10 @@ class Trainer:
         try:
             with ops.kernels_switched(self.config.runtime.kernels):
                 return self._run()
+        except BaseException:
+            if claim is not None:
+                claim.abandon()  # a run that wrote nothing leaves nothing
+            raise
         finally:
             if claim is not None:
                 claim.release()
