@@ -1,0 +1,105 @@
+"""Knowledge distillation (`teacher`): the loss against a float64 reference, forward and
+backward; the teacher's targets, row by row, against its own 8-view predictions; and bad
+teachers refused."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lensperf.data.augment import symmetric_view
+from lensperf.errors import ConfigError, DataError
+from lensperf.store import open_store
+from lensperf.train.checkpoint import load_checkpoint
+from lensperf.train.config import DataConfig, FinetuneClsConfig, RuntimeConfig
+from lensperf.train.distill import distillation_loss
+from lensperf.train.run import train
+from lensperf.train.tasks import ClassifyTask, model_from_checkpoint
+
+from .conftest import CONFIGS
+from .test_train import TINY_ENCODER, stores  # noqa: F401 (a module-scoped fixture)
+
+TINY_RESNET = ["arch=resnet", "resnet.widths=[4,8]", "resnet.blocks=[1,1]"]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_the_loss_is_the_softened_kl_times_t_squared(temperature):
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3, requires_grad=True)
+    teacher = torch.randn(6, 3).log_softmax(-1)
+    loss = distillation_loss(logits, teacher, temperature)
+    loss.backward()
+    x, t = logits.detach().double(), teacher.double()
+    p, q = (x / temperature).softmax(-1), (t / temperature).softmax(-1)
+    reference = (q * (q.log() - p.log())).sum(-1).mean() * temperature**2
+    torch.testing.assert_close(loss.double(), reference)
+    # d/dx of T^2 KL(q || softmax(x / T)), over a batch of B: T (p - q) / B
+    torch.testing.assert_close(logits.grad.double(), temperature * (p - q) / len(x))
+    assert distillation_loss(teacher, teacher, temperature).abs() < 1e-6
+
+
+@pytest.fixture(scope="module")
+def teacher(stores, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("teacher") / "cnn"
+    overrides = [f"out_dir={out}", f"data.store={stores['cls']}", "pretrained=", *TINY_RESNET,
+                 "epochs=1", "data.batch_size=8", "runtime.compile=false",
+                 "optim.layer_decay=1"]  # fmt: skip
+    train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", overrides)
+    return out / "checkpoint.pt"
+
+
+def student_task(stores, teacher, **settings) -> ClassifyTask:  # noqa: F811
+    config = FinetuneClsConfig(
+        teacher=str(teacher), data=DataConfig(store=str(stores["cls"])),
+        runtime=RuntimeConfig(compile=False), **settings,
+    )  # fmt: skip
+    return ClassifyTask(config)
+
+
+def test_the_targets_are_the_teachers_eight_view_mean_at_each_row(stores, teacher):  # noqa: F811
+    task = student_task(stores, teacher)
+    task.prepare(torch.device("cpu"))
+    images = torch.from_numpy(np.asarray(open_store(stores["cls"])["train/images"][:]))
+    _, model = model_from_checkpoint(load_checkpoint(teacher))
+    model.eval()
+    with torch.no_grad():
+        views = [model(symmetric_view(images, v)).double().softmax(-1) for v in range(8)]
+    reference = torch.stack(views).mean(0).log()
+    assert task.teacher_log_probs.shape == reference.shape
+    torch.testing.assert_close(task.teacher_log_probs.double(), reference, atol=1e-5, rtol=1e-4)
+    # the images' predictions differ, so a target at the wrong row would be seen
+    assert (reference - reference.mean(0)).abs().max() > 1e-3
+
+
+def test_the_loss_weighs_labels_and_teacher_and_evaluation_sees_only_labels(stores, teacher):  # noqa: F811
+    task = student_task(stores, teacher, distill_weight=0.3, distill_temperature=2.0)
+    task.prepare(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = ClassifyTask(FinetuneClsConfig(arch="resnet")).build_model()
+    batch = {"image": torch.rand(5, 1, 64, 64), "label": torch.tensor([0, 1, 2, 0, 1]),
+             "index": torch.tensor([7, 0, 3, 3, 11])}  # fmt: skip
+    logits = model(batch["image"]).float()
+    labelled = F.cross_entropy(logits, batch["label"])
+    distilled = distillation_loss(logits, task.teacher_log_probs[batch["index"]], 2.0)
+    assert distilled > 1e-3
+    torch.testing.assert_close(task.loss(model, batch), 0.7 * labelled + 0.3 * distilled)
+    model.eval()
+    torch.testing.assert_close(
+        task.loss(model, batch), F.cross_entropy(model(batch["image"]), batch["label"])
+    )
+
+
+def test_bad_teachers_and_settings_are_refused(stores, tmp_path):  # noqa: F811
+    mae = tmp_path / "mae"
+    train("pretrain", CONFIGS / "pretrain" / "demo.yaml", [
+        f"out_dir={mae}", f"data.store={stores['cls']}", "epochs=1", "data.batch_size=8",
+        "runtime.compile=false", *(f"model.{o}" for o in TINY_ENCODER),
+    ])  # fmt: skip
+    with pytest.raises(DataError, match="not a classifier's checkpoint"):
+        student_task(stores, mae / "checkpoint.pt").prepare(torch.device("cpu"))
+    with pytest.raises(DataError, match="no checkpoint at"):
+        student_task(stores, tmp_path / "none.pt").prepare(torch.device("cpu"))
+    with pytest.raises(ConfigError, match="distill_weight"):
+        FinetuneClsConfig(distill_weight=1.5)
+    with pytest.raises(ConfigError, match="distill_temperature"):
+        FinetuneClsConfig(distill_temperature=0)
