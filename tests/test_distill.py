@@ -103,3 +103,14 @@ def test_bad_teachers_and_settings_are_refused(stores, tmp_path):  # noqa: F811
         FinetuneClsConfig(distill_weight=1.5)
     with pytest.raises(ConfigError, match="distill_temperature"):
         FinetuneClsConfig(distill_temperature=0)
+
+
+@pytest.mark.parametrize("backend", ["memory", "torch"])
+def test_a_fine_tune_learns_from_a_teacher_end_to_end(stores, teacher, tmp_path, backend):  # noqa: F811
+    out = tmp_path / "student"
+    overrides = [f"out_dir={out}", f"data.store={stores['cls']}", "pretrained=", *TINY_ENCODER,
+                 "epochs=1", "data.batch_size=8", f"data.backend={backend}",
+                 "runtime.compile=false", f"teacher={teacher}", "distill_weight=0.9"]  # fmt: skip
+    metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", overrides)
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["train_seconds"] > 0
+    assert "distill_weight: 0.9" in (out / "config.yaml").read_text()

@@ -196,8 +196,11 @@ class Trainer:
         self._loaders()
         c = self.config
         self.model = self.task.build_model().to(self.device)
+        prepared = time.perf_counter()
         with self._autocast():
             self.task.prepare(self.device)
+        # Training's own work (a teacher's targets), so counted in the training time.
+        self._prepare_seconds = time.perf_counter() - prepared
         self.optimizer = self._optimizer(self.model)
         self.ema = WeightAverage(self.model, c.optim.ema) if c.optim.ema else None
         fp16 = self.amp_dtype == torch.float16
@@ -331,8 +334,10 @@ class Trainer:
         self._window = (time.perf_counter(), 0)
 
     def _train_seconds(self) -> float:
-        """Training wall time so far (this session's and any before a resume), less evaluation."""
-        return self._seconds_before + time.perf_counter() - self._t0 - self._eval_seconds
+        """Training wall time so far (this session's, its `prepare` included, and any before a
+        resume), less evaluation."""
+        now = time.perf_counter()
+        return self._seconds_before + self._prepare_seconds + now - self._t0 - self._eval_seconds
 
     def _position(self) -> dict:
         """Where training stands, the same in train and eval records: steps done, epochs done
