@@ -48,11 +48,11 @@ def teacher(stores, tmp_path_factory):  # noqa: F811
     return out / "checkpoint.pt"
 
 
-def student_task(stores, teacher, **settings) -> ClassifyTask:  # noqa: F811
+def student_task(stores, teacher, per_class=0, **settings) -> ClassifyTask:  # noqa: F811
+    data = DataConfig(store=str(stores["cls"]), labels_per_class=per_class)
     config = FinetuneClsConfig(
-        teacher=str(teacher), data=DataConfig(store=str(stores["cls"])),
-        runtime=RuntimeConfig(compile=False), **settings,
-    )  # fmt: skip
+        teacher=str(teacher), data=data, runtime=RuntimeConfig(compile=False), **settings
+    )
     return ClassifyTask(config)
 
 
@@ -114,3 +114,36 @@ def test_a_fine_tune_learns_from_a_teacher_end_to_end(stores, teacher, tmp_path,
     metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", overrides)
     assert 0 <= metrics["accuracy"] <= 1 and metrics["train_seconds"] > 0
     assert "distill_weight: 0.9" in (out / "config.yaml").read_text()
+
+
+def test_unlabelled_images_learn_from_the_teacher_alone(stores, teacher):  # noqa: F811
+    task = student_task(stores, teacher, 2, distill_unlabelled=True, distill_weight=0.4)
+    assert task.train_per_class() == 0  # the loader gives every image
+    task.prepare(torch.device("cpu"))
+    drawn = task.labelled.nonzero().flatten()
+    assert len(drawn) == 6 and (task.teacher_log_probs.exp().sum(-1) - 1).abs().max() < 1e-4
+    others = (~task.labelled).nonzero().flatten()[:4]
+    torch.manual_seed(0)
+    model = ClassifyTask(FinetuneClsConfig(arch="resnet")).build_model()
+    for index in (torch.cat([drawn[:2], others]), others):
+        batch = {"image": torch.rand(len(index), 1, 64, 64), "index": index,
+                 "label": torch.randint(0, 3, (len(index),))}  # fmt: skip
+        logits = model(batch["image"]).float()
+        mine = torch.isin(index, drawn)
+        labelled = F.cross_entropy(logits[mine], batch["label"][mine]) if mine.any() else 0.0
+        distilled = distillation_loss(logits, task.teacher_log_probs[index], 1.0)
+        torch.testing.assert_close(task.loss(model, batch), 0.6 * labelled + 0.4 * distilled)
+    with pytest.raises(ConfigError, match="distill_unlabelled"):
+        FinetuneClsConfig(distill_unlabelled=True, data=DataConfig(labels_per_class=2))
+    with pytest.raises(ConfigError, match="distill_unlabelled"):
+        FinetuneClsConfig(distill_unlabelled=True, teacher="t.pt")
+
+
+def test_a_few_label_fine_tune_with_unlabelled_images_sees_them_all(stores, teacher, tmp_path):  # noqa: F811
+    out = tmp_path / "semi"
+    overrides = [f"out_dir={out}", f"data.store={stores['cls']}", "pretrained=", *TINY_ENCODER,
+                 "epochs=1", "data.batch_size=4", "runtime.compile=false", f"teacher={teacher}",
+                 "data.labels_per_class=2", "distill_unlabelled=true"]  # fmt: skip
+    metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", overrides)
+    rows = open_store(stores["cls"])["train/labels"].shape[0]
+    assert metrics["images_seen"] == rows // 4 * 4 > 6

@@ -60,6 +60,10 @@ class Task:
         """A random batch shaped like the loader's, for the bench."""
         raise NotImplementedError
 
+    def train_per_class(self) -> int:
+        """How many images of each class the training loader draws (0: all)."""
+        return self.config.data.labels_per_class
+
     def prepare(self, device: torch.device) -> None:
         """Load what training needs besides the model (a teacher), before the first step: a
         missing or wrong file then fails before any training. Nothing by default."""
@@ -143,8 +147,10 @@ class ClassifyTask(_FinetuneTask):
         "arch", "encoder", "resnet", "pretrained", "linear_probe", "head_init", "pool",
         "local_width", "data",
     )  # fmt: skip
-    # config.teacher's targets for each training image, once `prepare` has computed them
+    # config.teacher's targets for each training image, once `prepare` has computed them, and
+    # with distill_unlabelled, which training images' labels are used
     teacher_log_probs: torch.Tensor | None = None
+    labelled: torch.Tensor | None = None
 
     def build_model(self, encoder: ViTConfig | None = None) -> Classifier | ResNet:
         if self.config.arch == "resnet":
@@ -163,9 +169,18 @@ class ClassifyTask(_FinetuneTask):
             load_head(model, self.config.head_init)
         return model
 
+    def train_per_class(self) -> int:
+        # distill_unlabelled trains on every image; the labels drawn are used in `loss`
+        return 0 if self.config.distill_unlabelled else super().train_per_class()
+
     def prepare(self, device: torch.device) -> None:
-        if self.config.teacher:
-            self.teacher_log_probs = self._teacher_targets(device)
+        if not self.config.teacher:
+            return
+        self.teacher_log_probs = self._teacher_targets(device)
+        if self.config.distill_unlabelled:
+            reader = StoreReader(self.config.data.store, "train", self.store_kind)
+            drawn = reader.per_class_mask(self.config.data.labels_per_class)
+            self.labelled = torch.from_numpy(drawn).to(device)
 
     def _teacher_targets(self, device: torch.device) -> torch.Tensor:
         path, data = self.config.teacher, self.config.data
@@ -180,7 +195,7 @@ class ClassifyTask(_FinetuneTask):
         task = ClassifyTask(dataclasses.replace(task.config, tta=True))
         loader = make_loader(
             data.store, "train", batch_size=256, shuffle=False, device=device,
-            kind=self.store_kind, classes=data.classes, per_class=data.labels_per_class,
+            kind=self.store_kind, classes=data.classes, per_class=self.train_per_class(),
         )  # fmt: skip
         rows = StoreReader(data.store, "train", self.store_kind).length
         targets = teacher_targets(
@@ -193,14 +208,19 @@ class ClassifyTask(_FinetuneTask):
         if self.config.shift and model.training:
             images = random_shift(images, self.config.shift)
         logits = model(images).float()
-        labelled = F.cross_entropy(
-            logits, batch["label"], label_smoothing=self.config.label_smoothing
+        c = self.config
+        per_image = F.cross_entropy(
+            logits, batch["label"], label_smoothing=c.label_smoothing, reduction="none"
         )
-        if not self.config.teacher or not model.training:
-            return labelled
+        if not c.teacher or not model.training:
+            return per_image.mean()
         if self.teacher_log_probs is None:  # a task not prepared by the trainer
             self.prepare(images.device)
-        c = self.config
+        if self.labelled is None:
+            labelled = per_image.mean()
+        else:  # the labels of the drawn images only; a batch may hold none
+            drawn = self.labelled[batch["index"]].float()
+            labelled = (per_image * drawn).sum() / drawn.sum().clamp_min(1)
         targets = self.teacher_log_probs[batch["index"]]
         distilled = distillation_loss(logits, targets, c.distill_temperature)
         return (1 - c.distill_weight) * labelled + c.distill_weight * distilled

@@ -91,7 +91,7 @@ class Trainer:
         train = functools.partial(
             make_loader, data.store, "train", batch_size=data.batch_size, shuffle=True,
             augment=data.augment, seed=c.runtime.seed, shard_id=self.rank,
-            num_shards=self.world, per_class=data.labels_per_class, **common,
+            num_shards=self.world, per_class=self.task.train_per_class(), **common,
         )  # fmt: skip
         # Full batches only: a last, smaller batch made torch.compile build a second graph for
         # its shape (25 s on the 2-core CPU) and gave a noisy step. A single process with fewer
