@@ -126,10 +126,13 @@ class FinetuneClsConfig:
     # labels (docs/recipes.md, FL17). Its head must fit this model's (pool, local_width).
     head_init: str = ""
     label_smoothing: float = 0.0
-    # A trained classifier checkpoint (any arch: the ResNet's, say) whose predictions on each
-    # training batch the model also learns (knowledge distillation): the loss is
-    # (1 - distill_weight) x cross-entropy with the labels + distill_weight x T^2 x KL(teacher ||
-    # model) at temperature T = distill_temperature. The teacher only trains; it is not saved.
+    # A trained classifier checkpoint (any arch: the ResNet's, say) whose predictions the model
+    # also learns (knowledge distillation; train/distill.py): the loss is (1 - distill_weight) x
+    # cross-entropy with the labels + distill_weight x T^2 x KL(teacher || model) at T =
+    # distill_temperature, the teacher's probabilities averaged over each training image's 8
+    # symmetries, computed once before training. The teacher is not saved with the model. On
+    # its own training images a teacher teaches little (docs/recipes.md, KD1); see
+    # distill_unlabelled.
     teacher: str = ""
     distill_weight: float = 0.5
     distill_temperature: float = 1.0

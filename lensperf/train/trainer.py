@@ -55,6 +55,7 @@ MAX_SKIPPED_STEPS = 20  # fp16: overflowed updates in a row before training stop
 
 class Trainer:
     _cuda_graphs = False  # set by the runtime set-up: the step is replayed as CUDA graphs
+    _prepare_seconds = 0.0  # the task's `prepare` (a teacher's targets), set in _run
 
     def __init__(
         self, config, task, *, resume: bool = False, overwrite: bool = False, stop_after: int = 0
