@@ -34,8 +34,8 @@ def teacher_targets(predict, loader, rows: int, classes: int) -> torch.Tensor:
     bar = progress(len(loader), "teacher's targets", "batch")
     with torch.no_grad():
         for batch in loader:
-            out = predict([batch])
-            targets[out["index"]] = out["logits"]
+            at = torch.as_tensor(batch["index"]).cpu()  # predict keeps the batch's order
+            targets[at] = predict([batch])["logits"]
             bar.update(1)
     bar.close()
     return targets

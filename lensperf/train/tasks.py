@@ -226,10 +226,9 @@ class ClassifyTask(_FinetuneTask):
         return (1 - c.distill_weight) * labelled + c.distill_weight * distilled
 
     def predict(self, model, loader) -> dict:
-        """Logits, labels, embeddings and split rows (`index`) of every sample; with `tta`, of
-        the 8 symmetries of each image together (the log of the mean probability, the mean
-        embedding)."""
-        logits, labels, embeddings, indices = [], [], [], []
+        """Logits, labels and embeddings of every sample; with `tta`, of the 8 symmetries of
+        each image together (the log of the mean probability, the mean embedding)."""
+        logits, labels, embeddings = [], [], []
         views = range(8) if self.config.tta else range(1)
         for batch in loader:
             images = batch["image"]
@@ -240,9 +239,7 @@ class ClassifyTask(_FinetuneTask):
             logits.append(probs.clamp_min(1e-12).log().cpu())
             embeddings.append(features.float().view(len(views), n, -1).mean(0).cpu())
             labels.append(batch["label"].cpu())
-            indices.append(torch.as_tensor(batch["index"]).cpu())
         return {
-            "index": torch.cat(indices),
             "logits": torch.cat(logits),
             "labels": torch.cat(labels),
             "embeddings": torch.cat(embeddings),
