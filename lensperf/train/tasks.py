@@ -197,7 +197,7 @@ class ClassifyTask(_FinetuneTask):
             data.store, "train", batch_size=256, shuffle=False, device=device,
             kind=self.store_kind, classes=data.classes, per_class=self.train_per_class(),
         )  # fmt: skip
-        rows = StoreReader(data.store, "train", self.store_kind).length
+        rows = loader.reader.length  # the whole split, rows the loader skips included
         targets = teacher_targets(
             lambda batches: task.predict(teacher, batches), loader, rows, len(CLASSES)
         )
