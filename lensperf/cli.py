@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         "import",
         help="import DeepLense folders (.npy or FITS files) into a store",
         description="Import a DeepLense tree: one folder per class (no_sub|nosub|no, "
-        "cdm|sphere, axion|vort) or HR/ and LR/ folders of paired files, optionally inside "
+        "cdm|sphere, axion|vort), with an optional unlabelled/ folder of images of no known "
+        "class (train split only: for pretraining and distill_unlabelled), or HR/ and LR/ "
+        "folders of paired files, optionally inside "
         "train/, val/ (or validation/) and test/ folders, which keep their split (without val/, "
         "validation files are carved out of train). Reads .npy files (plain, (1, H, W), flat "
         "with or without an appended label, [image, mass] object arrays) and FITS (.fits, "

@@ -33,6 +33,7 @@ def make_loader(
     standardise: tuple[float, float] | None = None,
     classes: tuple[str, ...] = (),
     per_class: int = 0,
+    unlabelled: bool = True,
 ) -> Loader:
     """An iterable of batches (dicts of tensors on `device`) over `split` of `store`.
 
@@ -41,7 +42,9 @@ def make_loader(
     ahead; 0: when asked for) or "memory" (the whole split in RAM, built the same way).
     Every backend gives the same samples in the same order for the same seed. `classes`
     restricts a classification split to those classes (empty: all), and `per_class` to that many
-    samples of each class, the same ones every time (0: all). `standardise=(mean, std)`
+    samples of each class, the same ones every time (0: all); `unlabelled=False` leaves out the
+    images without a label (label -1; a classifier's cross-entropy and evaluation need labels).
+    `standardise=(mean, std)`
     maps every image x to (x - mean) / std as the batch is gathered.
     """
     if backend not in BACKENDS:
@@ -53,6 +56,9 @@ def make_loader(
     if per_class:
         drawn = reader.per_class_mask(per_class)
         keep = drawn if keep is None else keep & drawn
+    labelled = None if unlabelled else reader.labelled_mask()
+    if labelled is not None:
+        keep = labelled if keep is None else keep & labelled
     try:
         plan = EpochPlan(
             n=reader.length, chunk=reader.chunk, batch_size=batch_size, seed=seed,

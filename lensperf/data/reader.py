@@ -18,7 +18,14 @@ import numpy as np
 
 from lensperf.data.augment import gather
 from lensperf.errors import DataError
-from lensperf.store import CLASSIFICATION, LAYOUTS, open_store, read_rows
+from lensperf.store import (
+    CLASSIFICATION,
+    LAYOUTS,
+    UNLABELLED,
+    UNLABELLED_NAME,
+    open_store,
+    read_rows,
+)
 from lensperf.store.chunk_files import ChunkFiles
 
 CACHE_CHUNKS = 48  # per array: six windows of 8 chunks, for batches being built ahead
@@ -31,6 +38,7 @@ class StoreReader:
         self.split = split
         group = open_store(self.path, kind, splits=(split,))  # fail early, in this process
         self.kind = group.attrs["kind"]
+        self.classes = list(group.attrs.get("classes") or [])
         self.layout = LAYOUTS[self.kind]
         self.names = self.layout.arrays
         arrays = {name: group[f"{split}/{name}"] for name in self.names}
@@ -42,6 +50,8 @@ class StoreReader:
         self._small_arrays = None
         self._cache: OrderedDict[tuple[str, int], Future] = OrderedDict()
         self._lock = threading.Lock()
+        if self.kind == CLASSIFICATION:
+            self._small()  # damaged labels fail here, before any batch or worker
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -98,11 +108,14 @@ class StoreReader:
         """Per-sample arrays (labels, masses: 12 bytes a sample) held whole: reading them chunk
         by chunk cost as many zarr calls as the images for 1/1000 of the bytes."""
         if self._small_arrays is None:
-            self._small_arrays = {
+            small = {
                 name: read_rows(self._open()[name], slice(None))
                 for name in self.names
                 if name not in self.layout.images
             }
+            if "labels" in small:
+                self._check_labels(small["labels"])
+            self._small_arrays = small
         return self._small_arrays
 
     def read(
@@ -129,22 +142,43 @@ class StoreReader:
             out[name] = rows
         return out
 
+    def _check_labels(self, labels: np.ndarray) -> None:
+        """A label that is neither a class index nor UNLABELLED is damage: it would be trained
+        on as a wrong class or stop training at its first batch."""
+        bad = labels[(labels < UNLABELLED) | (labels >= len(self.classes))]
+        if bad.size:
+            raise DataError(
+                f"{self.path} is damaged: {self.split}/labels holds {int(bad[0])}, not a class "
+                f"index (0-{len(self.classes) - 1}) or {UNLABELLED} (unlabelled)"
+            )
+
     def _labels_and_classes(self, asked: str) -> tuple[np.ndarray, list[str]]:
         if self.kind != CLASSIFICATION:
             raise DataError(f"{self.path} is an SR store: it has no classes {asked}")
-        return self._small()["labels"], list(open_store(self.path).attrs["classes"])
+        return self._small()["labels"], self.classes
 
     def class_mask(self, classes: tuple[str, ...]) -> np.ndarray:
-        """(n,) bool: samples whose class is one of `classes`."""
+        """(n,) bool: samples whose class is one of `classes` ("unlabelled": those without)."""
         labels, known = self._labels_and_classes("to select")
-        unknown = [c for c in classes if c not in known]
+        names = [*known, UNLABELLED_NAME]
+        unknown = [c for c in classes if c not in names]
         if unknown:
-            raise DataError(f"unknown class {unknown[0]!r} (the store has {', '.join(known)})")
-        return np.isin(labels, [known.index(c) for c in classes])
+            raise DataError(f"unknown class {unknown[0]!r} (the store has {', '.join(names)})")
+        codes = [UNLABELLED if c == UNLABELLED_NAME else known.index(c) for c in classes]
+        return np.isin(labels, codes)
+
+    def labelled_mask(self) -> np.ndarray | None:
+        """(n,) bool: samples with a label; None where every sample has one, and in SR stores
+        (which have no labels to need)."""
+        if self.kind != CLASSIFICATION:
+            return None
+        labelled = self._small()["labels"] != UNLABELLED
+        return None if labelled.all() else labelled
 
     def per_class_mask(self, n: int) -> np.ndarray:
         """(n,) bool: `n` samples of each class, drawn once with a fixed seed, so that every run
-        and every `runtime.seed` trains on the same labelled images (a study of few labels)."""
+        and every `runtime.seed` trains on the same labelled images (a study of few labels).
+        Unlabelled samples are never drawn."""
         labels, known = self._labels_and_classes("to draw from")
         keep, rng = np.zeros(len(labels), bool), np.random.default_rng(PER_CLASS_DRAW)
         for k, name in enumerate(known):

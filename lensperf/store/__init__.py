@@ -22,6 +22,8 @@ from lensperf.store.layout import (
     SPLITS,
     SR,
     TRAINING_SPLITS,
+    UNLABELLED,
+    UNLABELLED_NAME,
     Layout,
     chunk_length,
 )
@@ -29,5 +31,5 @@ from lensperf.store.layout import (
 __all__ = [
     "CLASSES", "CLASSIFICATION", "FORMAT_VERSION", "LAYOUTS", "SPLITS", "SR", "Layout",
     "StoreWriter", "check_output_path", "chunk_length", "open_store", "read_rows", "split_length",
-    "store_splits", "TRAINING_SPLITS", "preprocessing",
+    "store_splits", "TRAINING_SPLITS", "UNLABELLED", "UNLABELLED_NAME", "preprocessing",
 ]  # fmt: skip

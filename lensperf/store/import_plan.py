@@ -1,7 +1,9 @@
 """Which files an import reads and into which split each goes.
 
 Trees the importer understands, each with image files (.npy or FITS) as `image_files` reads:
-  * classification: one folder per class (no_sub|nosub|no, cdm|sphere, axion|vort);
+  * classification: one folder per class (no_sub|nosub|no, cdm|sphere, axion|vort), and
+    optionally `unlabelled/` (or `unlabeled/`): images of no known class, for pretraining and a
+    teacher's distillation, which go to the train split only;
   * super-resolution: `HR/` and `LR/` folders of files paired by name;
   * either of those inside split folders (`train/`, `val/` or `validation/`, `test/`), as
     DeepLense ships some sets: each keeps its split, and without a val folder the validation
@@ -20,13 +22,14 @@ import numpy as np
 
 from lensperf.errors import DataError
 from lensperf.store.image_files import image_files
-from lensperf.store.layout import CLASSES, CLASSIFICATION, SPLITS, SR
+from lensperf.store.layout import CLASSES, CLASSIFICATION, SPLITS, SR, UNLABELLED, UNLABELLED_NAME
 from lensperf.store.splits import stratified_split
 
 CLASS_ALIASES = {
     "no_sub": "no_sub", "nosub": "no_sub", "no": "no_sub",
     "cdm": "cdm", "sphere": "cdm",
     "axion": "axion", "vort": "axion",
+    "unlabelled": UNLABELLED_NAME, "unlabeled": UNLABELLED_NAME,
 }  # fmt: skip
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
@@ -35,7 +38,7 @@ SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "t
 class ImportPlan:
     kind: str
     items: list  # files (classification) or (lr, hr) file pairs (SR)
-    labels: np.ndarray  # (len(items),) class index; zeros for SR
+    labels: np.ndarray  # (len(items),) class index or UNLABELLED; zeros for SR
     splits: dict[str, np.ndarray]  # split -> indices into items, in writing order
 
 
@@ -72,7 +75,7 @@ def find_classification_files(src: Path) -> tuple[list[Path], np.ndarray]:
         if not found:
             raise DataError(f"{folder}: the class folder holds no image files (.npy, .fits)")
         files += found
-        labels += [CLASSES.index(name)] * len(found)
+        labels += [UNLABELLED if name == UNLABELLED_NAME else CLASSES.index(name)] * len(found)
     if not files:
         raise DataError(f"no class folders with image files under {src}")
     return files, np.asarray(labels, dtype=np.int64)
@@ -145,6 +148,8 @@ def plan_import(
 
 def _check(src: Path, kind: str, labels: np.ndarray, splits: dict, val_fraction: float) -> None:
     """Refuse, before anything is written, a store the training commands cannot use."""
+    if kind == CLASSIFICATION:
+        _check_labels(src, labels, splits)
     unit = "pair" if kind == SR else "file"
     for name, order in splits.items():
         if len(order) > 0:
@@ -155,9 +160,18 @@ def _check(src: Path, kind: str, labels: np.ndarray, splits: dict, val_fraction:
                 f"and evaluation need some (a fraction above 0, two {unit}s a class or more)"
             )
         raise DataError(f"{src}: the {name} split holds no {unit}s")
-    if kind == CLASSIFICATION and "train" in splits:
-        present = sorted({CLASSES[k] for k in labels[splits["train"]].tolist()}, key=CLASSES.index)
-        if len(present) < 2:
+
+
+def _check_labels(src: Path, labels: np.ndarray, splits: dict) -> None:
+    for name, order in splits.items():
+        if name != "train" and (labels[order] == UNLABELLED).any():
             raise DataError(
-                f"{src} holds one class only ({present[0]}); a classifier needs at least two"
+                f"{src}: unlabelled images can go to the train split only, not {name} "
+                "(validation and test are scored against labels)"
             )
+    if "train" in splits:
+        train = labels[splits["train"]]
+        present = [CLASSES[k] for k in sorted(set(train[train != UNLABELLED].tolist()))]
+        if len(present) < 2:
+            held = f"one class only ({present[0]})" if present else "no labelled images"
+            raise DataError(f"{src} holds {held}; a classifier needs at least two classes")

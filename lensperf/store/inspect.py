@@ -10,6 +10,8 @@ import zarr
 from lensperf.store import (
     CLASSIFICATION,
     LAYOUTS,
+    UNLABELLED,
+    UNLABELLED_NAME,
     open_store,
     read_rows,
     split_length,
@@ -39,6 +41,9 @@ def summarize(path: str | Path) -> dict:
             entry["per_class"] = {
                 name: int((labels == i).sum()) for i, name in enumerate(attrs["classes"])
             }
+            unlabelled = int((labels == UNLABELLED).sum())
+            if unlabelled:
+                entry["per_class"][UNLABELLED_NAME] = unlabelled
             masses = read_rows(group[f"{split}/axion_mass"], slice(None))
             masses = masses[np.isfinite(masses)]
             if masses.size:
@@ -139,9 +144,10 @@ def sample_grid_png(path: str | Path, png: str | Path, per_row: int = 6) -> Path
     split = store_splits(group)[0]  # train, or the one split of a store imported whole
     if attrs["kind"] == CLASSIFICATION:
         labels = read_rows(group[f"{split}/labels"], slice(None))
-        for i, name in enumerate(attrs["classes"]):
+        for i, name in [*enumerate(attrs["classes"]), (UNLABELLED, UNLABELLED_NAME)]:
             idx = np.flatnonzero(labels == i)[:per_row]
-            rows.append((name, read_rows(group[f"{split}/images"], idx)[:, 0]))
+            if i != UNLABELLED or idx.size:
+                rows.append((name, read_rows(group[f"{split}/images"], idx)[:, 0]))
     else:
         n = min(per_row, split_length(group, split))
         rows.append(("LR", read_rows(group[f"{split}/lr"], slice(0, n))[:, 0]))

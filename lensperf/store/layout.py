@@ -2,7 +2,7 @@
 names the arrays take in a loader's batch.
 
     DIR.zarr/   attrs: lensperf_format, kind, classes, image_size, source, config, seed
-      train/images (N, 1, H, W) float32 in [0, 1]   train/labels (N,) int64
+      train/images (N, 1, H, W) float32 in [0, 1]   train/labels (N,) int64, -1: unlabelled
       train/axion_mass (N,) float32, NaN where not axion
       val/...                                         (SR stores: train/lr, train/hr, val/...)
 """
@@ -24,6 +24,10 @@ SPLITS = ("train", "val", "test")
 TRAINING_SPLITS = ("train", "val")
 # The classes of a classification store, in label order (label i is CLASSES[i]).
 CLASSES = ("no_sub", "cdm", "axion")
+# The label of an image whose class is not known (train split only): pretraining and a teacher's
+# distillation (`distill_unlabelled`) use it; cross-entropy and evaluation skip it.
+UNLABELLED = -1
+UNLABELLED_NAME = "unlabelled"  # its name where classes are named (data.classes, inspect)
 # About 1 MiB of raw data per chunk: small enough that a random batch reads little it does not
 # need, large enough that an epoch is a few thousand files rather than 89k.
 CHUNK_TARGET_BYTES = 1 << 20

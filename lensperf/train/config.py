@@ -136,9 +136,10 @@ class FinetuneClsConfig:
     teacher: str = ""
     distill_weight: float = 0.5
     distill_temperature: float = 1.0
-    # With data.labels_per_class: train on every training image, the teacher's targets on all
-    # of them and the labels on the drawn ones only (a teacher trained on the few labels
-    # labels the rest, which a fine-tune on the few labels alone never sees).
+    # Train on every training image, the store's unlabelled ones (label -1: imported from an
+    # unlabelled/ folder) included, the teacher's targets on all of them and the labels where
+    # there are (with data.labels_per_class, the drawn ones only): a teacher trained on the
+    # labelled images labels the rest, which a fine-tune on the labels alone never sees.
     distill_unlabelled: bool = False
     # The encoder sees this fraction of each image's patches, the brightest (the arc; the rest
     # is empty sky), in training and evaluation. 1 keeps every patch. arch=vit only.
@@ -168,8 +169,6 @@ class FinetuneClsConfig:
         require(self.distill_temperature > 0, "distill_temperature", "must be positive")
         if self.distill_unlabelled:
             require(bool(self.teacher), "distill_unlabelled", "needs a teacher")
-            unlabelled = "needs data.labels_per_class (with every label, no image is unlabelled)"
-            require(self.data.labels_per_class > 0, "distill_unlabelled", unlabelled)
         require(0 < self.token_keep <= 1, "token_keep", "must be in (0, 1]")
         require(self.local_width >= 0, "local_width", "must be non-negative")
         require(

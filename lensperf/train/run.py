@@ -112,9 +112,11 @@ def _loaded(checkpoint, data, split: str, tta: bool, shift: tuple[int, int] = (0
     device = resolve_device("auto")
     model = model.to(device).eval()
     loader = make_loader(data, split, batch_size=128, backend="memory", shuffle=False,
-                         device=device, kind=task.store_kind)  # fmt: skip
+                         device=device, kind=task.store_kind,
+                         unlabelled=not task.uses_labels)  # fmt: skip
     if len(loader) == 0:
-        raise DataError(f"{data} has no {split} samples")
+        labelled = " labelled" if task.uses_labels else ""
+        raise DataError(f"{data} has no{labelled} {split} samples")
     return task, model, (ShiftedImages(loader, shift) if any(shift) else loader)
 
 

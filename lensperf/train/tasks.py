@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +24,7 @@ from lensperf.data.reader import StoreReader
 from lensperf.errors import DataError
 from lensperf.models import MAE, Classifier, SuperResolution, ViTConfig, ViTEncoder
 from lensperf.models.resnet import ResNet
-from lensperf.store import CLASSES, CLASSIFICATION, SR
+from lensperf.store import CLASSES, CLASSIFICATION, SR, UNLABELLED
 from lensperf.train import metrics as M
 from lensperf.train import report as R
 from lensperf.train.checkpoint import load_checkpoint
@@ -38,6 +39,9 @@ class Task:
     store_kind: ClassVar[str]
     fixed_sections: ClassVar[tuple[str, ...]]
     selection_metric: ClassVar[str]  # the validation metric best.pt is chosen by, by default
+    # Whether its loss and evaluation need each image's label: the loaders then leave out the
+    # store's unlabelled images (label -1)
+    uses_labels: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config
@@ -63,6 +67,10 @@ class Task:
     def train_per_class(self) -> int:
         """How many images of each class the training loader draws (0: all)."""
         return self.config.data.labels_per_class
+
+    def train_unlabelled(self) -> bool:
+        """Whether the training loader draws the store's unlabelled images too."""
+        return not self.uses_labels
 
     def prepare(self, device: torch.device) -> None:
         """Load what training needs besides the model (a teacher), before the first step: a
@@ -143,6 +151,7 @@ class ClassifyTask(_FinetuneTask):
     config_type = FinetuneClsConfig
     store_kind = CLASSIFICATION
     selection_metric = "accuracy"  # best.pt by default
+    uses_labels = True
     fixed_sections = (
         "arch", "encoder", "resnet", "pretrained", "linear_probe", "head_init", "pool",
         "local_width", "data",
@@ -173,14 +182,31 @@ class ClassifyTask(_FinetuneTask):
         # distill_unlabelled trains on every image; the labels drawn are used in `loss`
         return 0 if self.config.distill_unlabelled else super().train_per_class()
 
+    def train_unlabelled(self) -> bool:
+        return self.config.distill_unlabelled
+
     def prepare(self, device: torch.device) -> None:
         if not self.config.teacher:
             return
-        self.teacher_log_probs = self._teacher_targets(device)
         if self.config.distill_unlabelled:
-            reader = StoreReader(self.config.data.store, "train", self.store_kind)
-            drawn = reader.per_class_mask(self.config.data.labels_per_class)
-            self.labelled = torch.from_numpy(drawn).to(device)
+            self.labelled = torch.from_numpy(self._labels_used()).to(device)
+        self.teacher_log_probs = self._teacher_targets(device)
+
+    def _labels_used(self) -> np.ndarray:
+        """(train rows,) bool: the images whose labels distill_unlabelled trains on: those with
+        a label, and of them only the data.labels_per_class drawn when it is set."""
+        data = self.config.data
+        reader = StoreReader(data.store, "train", self.store_kind)
+        used = reader.labelled_mask()
+        if used is None and not data.labels_per_class:
+            raise DataError(
+                f"distill_unlabelled: {data.store} has no unlabelled training images (import "
+                "them from an unlabelled/ folder) and data.labels_per_class is 0"
+            )
+        if data.labels_per_class:
+            drawn = reader.per_class_mask(data.labels_per_class)
+            used = drawn if used is None else used & drawn
+        return used
 
     def _teacher_targets(self, device: torch.device) -> torch.Tensor:
         path, data = self.config.teacher, self.config.data
@@ -196,6 +222,7 @@ class ClassifyTask(_FinetuneTask):
         loader = make_loader(
             data.store, "train", batch_size=256, shuffle=False, device=device,
             kind=self.store_kind, classes=data.classes, per_class=self.train_per_class(),
+            unlabelled=self.train_unlabelled(),
         )  # fmt: skip
         rows = loader.reader.length  # the whole split, rows the loader skips included
         targets = teacher_targets(
@@ -209,16 +236,17 @@ class ClassifyTask(_FinetuneTask):
             images = random_shift(images, self.config.shift)
         logits = model(images).float()
         c = self.config
-        per_image = F.cross_entropy(
-            logits, batch["label"], label_smoothing=c.label_smoothing, reduction="none"
-        )
+        per_image = F.cross_entropy(  # 0 for an unlabelled image (distill_unlabelled)
+            logits, batch["label"], label_smoothing=c.label_smoothing, reduction="none",
+            ignore_index=UNLABELLED,
+        )  # fmt: skip
         if not c.teacher or not model.training:
             return per_image.mean()
         if self.teacher_log_probs is None:  # a task not prepared by the trainer
             self.prepare(images.device)
         if self.labelled is None:
             labelled = per_image.mean()
-        else:  # the labels of the drawn images only; a batch may hold none
+        else:  # the labels used only (_labels_used); a batch may hold none
             drawn = self.labelled[batch["index"]].float()
             labelled = (per_image * drawn).sum() / drawn.sum().clamp_min(1)
         targets = self.teacher_log_probs[batch["index"]]

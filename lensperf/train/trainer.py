@@ -92,7 +92,8 @@ class Trainer:
         train = functools.partial(
             make_loader, data.store, "train", batch_size=data.batch_size, shuffle=True,
             augment=data.augment, seed=c.runtime.seed, shard_id=self.rank,
-            num_shards=self.world, per_class=self.task.train_per_class(), **common,
+            num_shards=self.world, per_class=self.task.train_per_class(),
+            unlabelled=self.task.train_unlabelled(), **common,
         )  # fmt: skip
         # Full batches only: a last, smaller batch made torch.compile build a second graph for
         # its shape (25 s on the 2-core CPU) and gave a noisy step. A single process with fewer
@@ -101,8 +102,9 @@ class Trainer:
         if len(self.train_loader) == 0 and self.world == 1:
             self.train_loader = train(drop_last=False)
         self.val_loader = make_loader(
-            data.store, "val", batch_size=data.batch_size, shuffle=False, augment=False, **common
-        )
+            data.store, "val", batch_size=data.batch_size, shuffle=False, augment=False,
+            unlabelled=not self.task.uses_labels, **common,
+        )  # fmt: skip
         if len(self.train_loader) == 0:
             raise TrainingError(f"{data.store}: no training batch (fewer samples than ranks?)")
         if len(self.val_loader) == 0:
