@@ -145,3 +145,48 @@ def test_a_few_label_fine_tune_with_unlabelled_images_sees_them_all(stores, teac
     metrics = train("finetune_cls", CONFIGS / "finetune_cls" / "demo.yaml", overrides)
     rows = open_store(stores["cls"])["train/labels"].shape[0]
     assert metrics["images_seen"] == rows // 4 * 4 > 6
+
+
+def test_targets_are_cached_by_teacher_and_rows(stores, teacher, tmp_path, monkeypatch):  # noqa: F811
+    copy = tmp_path / "teacher" / "checkpoint.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(teacher.read_bytes())
+    first = student_task(stores, copy)
+    first.prepare(torch.device("cpu"))
+    cache = list((copy.parent / "teacher_targets").iterdir())
+    assert len(cache) == 1 and cache[0].suffix == ".pt"
+
+    def computed(*args):
+        raise AssertionError("the targets were computed again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("lensperf.train.tasks.teacher_targets", computed)
+        again = student_task(stores, copy)
+        again.prepare(torch.device("cpu"))
+    assert torch.equal(again.teacher_log_probs, first.teacher_log_probs)
+    # other rows drawn, or another teacher: another cache file, computed
+    student_task(stores, copy, 2, distill_unlabelled=True).prepare(torch.device("cpu"))
+    assert len(list(cache[0].parent.iterdir())) == 2
+    state = torch.load(copy, weights_only=False)
+    state["model"] = {k: v * 0 for k, v in state["model"].items()}
+    torch.save(state, copy)
+    zeroed = student_task(stores, copy)
+    zeroed.prepare(torch.device("cpu"))
+    assert len(list(cache[0].parent.iterdir())) == 3
+    assert not torch.allclose(zeroed.teacher_log_probs, first.teacher_log_probs)
+    # a damaged cache file is recomputed, not trusted
+    copy.write_bytes(teacher.read_bytes())
+    cache[0].write_bytes(b"not a tensor")
+    mended = student_task(stores, copy)
+    mended.prepare(torch.device("cpu"))
+    assert torch.equal(mended.teacher_log_probs, first.teacher_log_probs)
+
+
+def test_a_teacher_whose_folder_holds_no_cache_teaches(stores, teacher, tmp_path, capfd):  # noqa: F811
+    copy = tmp_path / "checkpoint.pt"
+    copy.write_bytes(teacher.read_bytes())
+    (tmp_path / "teacher_targets").write_text("a file where the cache folder would go")
+    task = student_task(stores, copy)
+    task.prepare(torch.device("cpu"))
+    assert task.teacher_log_probs.shape[1] == 3
+    assert "the teacher's targets are not cached" in capfd.readouterr().err

@@ -130,8 +130,9 @@ class FinetuneClsConfig:
     # also learns (knowledge distillation; train/distill.py): the loss is (1 - distill_weight) x
     # cross-entropy with the labels + distill_weight x T^2 x KL(teacher || model) at T =
     # distill_temperature, the teacher's probabilities averaged over each training image's 8
-    # symmetries, computed once before training. The teacher is not saved with the model. On
-    # its own training images a teacher teaches little (docs/recipes.md, KD1); see
+    # symmetries, computed once before training and cached beside the teacher's checkpoint (in
+    # teacher_targets/, for the next fine-tune from it). The teacher is not saved with the
+    # model. On its own training images a teacher teaches little (docs/recipes.md, KD1); see
     # distill_unlabelled.
     teacher: str = ""
     distill_weight: float = 0.5

@@ -29,7 +29,13 @@ from lensperf.train import metrics as M
 from lensperf.train import report as R
 from lensperf.train.checkpoint import load_checkpoint
 from lensperf.train.config import FinetuneClsConfig, FinetuneSRConfig, PretrainConfig
-from lensperf.train.distill import distillation_loss, teacher_targets
+from lensperf.train.distill import (
+    autocast_dtype_in_use,
+    cache_path,
+    cached,
+    distillation_loss,
+    teacher_targets,
+)
 from lensperf.train.encoder_io import load_encoder, load_head
 
 
@@ -225,9 +231,13 @@ class ClassifyTask(_FinetuneTask):
             unlabelled=self.train_unlabelled(),
         )  # fmt: skip
         rows = loader.reader.length  # the whole split, rows the loader skips included
-        targets = teacher_targets(
+        # the same teacher on the same images under the same precision: the same targets
+        where = cache_path(path, data.store, rows=rows, classes=data.classes, device=device.type,
+                           per_class=self.train_per_class(), unlabelled=self.train_unlabelled(),
+                           precision=autocast_dtype_in_use(device))  # fmt: skip
+        targets = cached(where, (rows, len(CLASSES)), lambda: teacher_targets(
             lambda batches: task.predict(teacher, batches), loader, rows, len(CLASSES)
-        )
+        ))  # fmt: skip
         return targets.to(device)
 
     def loss(self, model, batch) -> torch.Tensor:
