@@ -57,7 +57,7 @@ def simulate(preset: str, out, *, n_per_class: int = 1000, workers: int | None =
 
 def samples(store, split: str = "val", n: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """The first `n` images of a classification store's split and their labels (index into
-    CLASSES)."""
+    CLASSES; -1 for an unlabelled training image)."""
     group = open_store(store, "classification")
     return (
         read_rows(group[f"{split}/images"], slice(0, n)),
