@@ -199,19 +199,19 @@ class ClassifyTask(_FinetuneTask):
         self.teacher_log_probs = self._teacher_targets(device)
 
     def _labels_used(self) -> np.ndarray:
-        """(train rows,) bool: the images whose labels distill_unlabelled trains on: those with
-        a label, and of them only the data.labels_per_class drawn when it is set."""
+        """(train rows,) bool: the images whose labels distill_unlabelled trains on: the
+        data.labels_per_class drawn (never unlabelled ones) when it is set, else every one with
+        a label."""
         data = self.config.data
         reader = StoreReader(data.store, "train", self.store_kind)
+        if data.labels_per_class:
+            return reader.per_class_mask(data.labels_per_class)
         used = reader.labelled_mask()
-        if used is None and not data.labels_per_class:
+        if used is None:
             raise DataError(
                 f"distill_unlabelled: {data.store} has no unlabelled training images (import "
                 "them from an unlabelled/ folder) and data.labels_per_class is 0"
             )
-        if data.labels_per_class:
-            drawn = reader.per_class_mask(data.labels_per_class)
-            used = drawn if used is None else used & drawn
         return used
 
     def _teacher_targets(self, device: torch.device) -> torch.Tensor:
